@@ -1,0 +1,42 @@
+# Two commands matter: `make bench` and `make test`. Each installs everything it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUITE ?= precision
+RESULTS ?= results
+FMNIST_DEB := /usr/share/datasets/fashion-mnist
+FMNIST_RAW := data/FashionMNIST/raw
+
+.PHONY: help install data test bench overhead clean
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: SUITE=$(SUITE) (conf/suite/*.yaml), RESULTS=$(RESULTS)"
+
+install: $(VENV)/.installed data  ## create .venv with the pinned packages and make Fashion-MNIST available
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+data: $(VENV)/.installed  ## Fashion-MNIST raw files under data/ (Debian package dataset-fashion-mnist, else torchvision download)
+	@if [ ! -d $(FMNIST_DEB) ] && [ ! -s $(FMNIST_RAW)/t10k-labels-idx1-ubyte ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+	$(PY) -m datamodules.fashion_mnist --prepare
+
+test: install  ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest -q
+
+bench: install  ## run suite SUITE (default: precision) and write results/tables/SUITE.{md,csv,html}
+	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS)
+
+overhead: install  ## harness vs hand-written PyTorch loop, training throughput (LeNet-300-100)
+	$(PY) -m benchmarks.overhead
+
+clean:  ## remove run records and the venv (keeps committed tables)
+	rm -rf $(VENV) $(RESULTS)/runs $(RESULTS)/wandb .pytest_cache

@@ -1,0 +1,1 @@
+"""LightningDataModules. Each exposes `name`, `in_channels`, `image_size`, `num_classes`."""

@@ -1,0 +1,1 @@
+"""The harness: one LightningModule, its callbacks, models and (pure torch) compression methods."""

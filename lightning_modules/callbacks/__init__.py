@@ -1,0 +1,3 @@
+from .throughput import ThroughputMeter
+
+__all__ = ["ThroughputMeter"]

@@ -1,0 +1,88 @@
+"""Measured training and test throughput, the documents' "Thruput." columns.
+
+Steady state: the first `warmup_steps` training (and test) batches are excluded. Data loading is
+included: each interval runs from the end of one batch (or the start of the epoch) to the end of
+the next, so fetching the batch counts. Validation between epochs does not. On CUDA the device is
+synchronized before each clock reading. If a run has no batch after the warm-up (tiny test runs),
+all batches are used and `steady` is False.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+
+
+@dataclass
+class _Clock:
+    warmup: int
+    seen: int = 0           # batches seen in this loop (all epochs)
+    t0: float | None = None
+    steady_s: float = 0.0
+    steady_batches: int = 0
+    steady_samples: int = 0
+    all_s: float = 0.0
+    all_batches: int = 0
+    all_samples: int = 0
+
+    def start(self, now: float) -> None:
+        self.t0 = now
+
+    def tick(self, now: float, samples: int) -> None:
+        dt = now - self.t0
+        self.t0 = now
+        self.seen += 1
+        self.all_s += dt
+        self.all_batches += 1
+        self.all_samples += samples
+        if self.seen > self.warmup:
+            self.steady_s += dt
+            self.steady_batches += 1
+            self.steady_samples += samples
+
+    def result(self, world_size: int) -> dict:
+        steady = self.steady_batches > 0
+        s, b, n = ((self.steady_s, self.steady_batches, self.steady_samples) if steady
+                   else (self.all_s, self.all_batches, self.all_samples))
+        if b == 0 or s <= 0:
+            return {"it_s": None, "samples_s": None, "batches": 0, "steady": False}
+        # every rank runs the same number of steps in parallel: global samples/s = per-rank x world
+        return {"it_s": b / s, "samples_s": n * world_size / s, "batches": b, "steady": steady}
+
+
+class ThroughputMeter(pl.Callback):
+    def __init__(self, warmup_steps: int = 5):
+        self.warmup_steps = warmup_steps
+        self.train = _Clock(warmup_steps)
+        self.test = _Clock(warmup_steps)
+
+    @staticmethod
+    def _now(pl_module: pl.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    @staticmethod
+    def _samples(batch) -> int:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return int(x.shape[0]) if hasattr(x, "shape") else 1
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.train.start(self._now(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train.tick(self._now(pl_module), self._samples(batch))
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self.test.start(self._now(pl_module))
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.test.tick(self._now(pl_module), self._samples(batch))
+
+    def summary(self, world_size: int = 1) -> dict:
+        tr, te = self.train.result(world_size), self.test.result(world_size)
+        return {"train_it_s": tr["it_s"], "train_samples_s": tr["samples_s"],
+                "test_it_s": te["it_s"], "test_samples_s": te["samples_s"],
+                "throughput_steady": tr["steady"] and te["steady"]}

@@ -1,0 +1,63 @@
+"""Errors a user can cause, said in one line: the key, the bad value, what is valid.
+
+`check_overrides` runs before Hydra composes anything (unknown group choices, unknown keys);
+`check_config` runs on the composed config (value ranges, paths). Both raise `ConfigError`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("data", "model", "method", "bits", "precision", "trainer", "optimizer", "scheduler",
+          "logger", "suite")
+
+
+class ConfigError(ValueError):
+    """A bad config value. str(e) is the one line shown to the user."""
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def check_overrides(overrides: list[str], multirun: bool = False) -> None:
+    """Group choices (`model=foo`) must name a YAML in conf/<group>/."""
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in GROUPS:
+            continue
+        values = value.split(",") if multirun else [value]
+        for v in values:
+            if v not in choices(key):
+                raise ConfigError(f"{key}={v}: unknown {key}; valid: {', '.join(choices(key))}")
+
+
+def _int_in(cfg: DictConfig, key: str, lo: int, hi: int | None = None) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+    if not ok:
+        valid = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+        raise ConfigError(f"{key}={value}: must be {valid}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    for b in ("w", "a", "g"):
+        _int_in(cfg, f"bits.{b}", 1, 32)
+    _int_in(cfg, "data.batch_size", 1)
+    _int_in(cfg, "data.eval_batch_size", 1)
+    _int_in(cfg, "trainer.max_epochs", 1)
+    _int_in(cfg, "seed", 0)
+    for key in ("data.train_subset", "data.test_subset"):
+        if cfg.data.get(key.split(".")[1]) is not None:
+            _int_in(cfg, key, 1)
+    root = cfg.data.get("root")
+    if root is not None and not Path(str(root)).is_dir():
+        raise ConfigError(f"data.root={root}: no such directory (omit it to use <repo>/data)")
+    from .precision import NAMES
+    if cfg.precision.name not in NAMES:
+        raise ConfigError(f"precision={cfg.precision.name}: valid: {', '.join(NAMES)}")

@@ -1,0 +1,5 @@
+"""Nets torchvision lacks. Each takes `in_channels`, `image_size`, `num_classes` from the data."""
+from .lenet import LeNet5, LeNet300
+from .resnet_cifar import CifarResNet
+
+__all__ = ["LeNet300", "LeNet5", "CifarResNet"]

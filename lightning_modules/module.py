@@ -1,0 +1,95 @@
+"""The one LightningModule of the project: net + method + metrics + measurement hooks.
+
+Everything that differs between compression methods lives in the method object
+(`lightning_modules.compression.method.Method`): this module asks it to transform the net, for
+its callbacks and for an extra loss; it never branches on the method's name.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .compression.method import Method
+
+
+class CompressionModule(pl.LightningModule):
+    def __init__(self, net: nn.Module, method: Method, optimizer: Callable, num_classes: int,
+                 scheduler: Callable | None = None, scheduler_interval: str = "step"):
+        super().__init__()
+        self.method = method
+        self.net = method.apply(net)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
+        k = min(5, num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=k, average="micro")
+        self.test_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_top5 = MulticlassAccuracy(num_classes, top_k=k, average="micro")
+        self.diverged = False
+        self.compute_dtype: str | None = None  # dtype of the logits in the first training step
+        self.test_samples = torch.zeros((), dtype=torch.long)  # summed over ranks in on_test_epoch_end
+        self._bad_loss = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        if self.compute_dtype is None:
+            self.compute_dtype = str(logits.dtype).removeprefix("torch.")
+        loss = self.method.loss(logits, y, batch)
+        if loss is None:
+            loss = F.cross_entropy(logits, y)
+        self._bad_loss = not bool(torch.isfinite(loss.detach()))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # a NaN/inf loss on any rank stops every rank; the run ends with status "diverged"
+        if self.trainer.strategy.reduce_boolean_decision(self._bad_loss, all=False):
+            self.diverged = True
+            self.trainer.should_stop = True
+
+    def _eval_step(self, batch, top1: MulticlassAccuracy, top5: MulticlassAccuracy, prefix: str):
+        x, y = batch
+        logits = self(x)
+        top1.update(logits, y)
+        top5.update(logits, y)
+        self.log(f"{prefix}/top1", top1, on_step=False, on_epoch=True, prog_bar=prefix == "val")
+        self.log(f"{prefix}/top5", top5, on_step=False, on_epoch=True)
+        return logits
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_top1, self.val_top5, "val")
+
+    def on_test_epoch_start(self):
+        self.test_samples = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def test_step(self, batch, batch_idx):
+        self.test_samples += batch[1].numel()
+        self._eval_step(batch, self.test_top1, self.test_top5, "test")
+
+    def on_test_epoch_end(self):
+        self.test_samples = self.trainer.strategy.reduce(self.test_samples, reduce_op="sum")
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        params = inspect.signature(self.scheduler_factory).parameters
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self.scheduler_interval == "epoch":
+            steps = self.trainer.max_epochs
+        kw = {k: steps for k in ("total_steps", "T_max") if k in params}
+        sched = self.scheduler_factory(opt, **kw)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval}}
+
+    def configure_callbacks(self):
+        return self.method.callbacks()

@@ -1,0 +1,97 @@
+"""One `record.json` per run: the measured facts every table and plot is computed from.
+
+Written atomically (temp file in the same folder, then `os.replace`), by rank 0 only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Keys that say where or how results are kept, not what was run: they do not enter config_hash.
+NOT_HASHED = ("results_dir", "run_dir", "run_name", "logger", "suite")
+
+RECORD_KEYS = ("suite", "run_name", "config_hash", "model", "method", "bits", "precision", "dataset",
+               "epochs", "batch_size", "seed", "status", "top1", "top5", "train_it_s",
+               "train_samples_s", "test_it_s", "test_samples_s", "params", "footprint_bytes",
+               "checkpoint_bytes", "wall_s", "started_at", "git_sha", "hardware", "torch_version")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the resolved config minus bookkeeping keys: same hash = same experiment."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in NOT_HASHED:
+        c.pop(k, None)
+    c.get("trainer", {}).pop("enable_progress_bar", None)
+    blob = json.dumps(c, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def git_sha() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        sha = head.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) or None
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    hw = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+          "gpu": None, "gpu_count": 0, "platform": platform.platform()}
+    if torch.cuda.is_available():
+        hw["gpu"] = torch.cuda.get_device_name(0)
+        hw["gpu_count"] = torch.cuda.device_count()
+    return hw
+
+
+def hardware_line(hw: dict) -> str:
+    if hw.get("gpu"):
+        return f"{hw['gpu_count']}x {hw['gpu']}, {hw['cpu']}"
+    return f"{hw['cpu']}, {hw['cpu_cores']} cores, {hw['torch_threads']} torch threads, no GPU"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at `path`, or None if it is missing or not (yet) valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,146 @@
+"""One run, in a visible order: data, model, method, module, trainer, fit, test, export, record.
+
+`run(cfg)` is what train.py calls; it returns the record (also written to
+`<run_dir>/record.json`). Bad input raises ConfigError/DataError before anything is written.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks.throughput import ThroughputMeter
+from .config_check import check_config
+from .loggers import finish
+from .module import CompressionModule
+from .precision import loss_scale, precision_plugin
+from .record import RECORD_KEYS, config_hash, git_sha, hardware, write_json_atomic
+
+log = logging.getLogger("harness")
+
+
+def _without(node: DictConfig, *keys: str) -> DictConfig:
+    c = OmegaConf.to_container(node, resolve=True)
+    for k in keys:
+        c.pop(k, None)
+    return OmegaConf.create(c)
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    return instantiate(cfg.data, _convert_="all")
+
+
+def build_net(cfg: DictConfig, dm) -> torch.nn.Module:
+    return instantiate(cfg.model.net, in_channels=dm.in_channels, image_size=dm.image_size,
+                       num_classes=dm.num_classes, _convert_="all")
+
+
+def build_method(cfg: DictConfig):
+    return instantiate(cfg.method, _convert_="all")
+
+
+def build_module(cfg: DictConfig, dm) -> CompressionModule:
+    sched = cfg.scheduler
+    return CompressionModule(
+        net=build_net(cfg, dm), method=build_method(cfg), num_classes=dm.num_classes,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(sched.factory) if sched.factory is not None else None,
+        scheduler_interval=sched.interval)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def run(cfg: DictConfig) -> dict:
+    started, t_start = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    check_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    log.info("data      %s (root=%s)", cfg.data._target_, cfg.data.root)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")  # bad or missing data fails here, before anything is written
+
+    log.info("model     %s -> method %s, bits W%sA%sG%s", cfg.model.name, cfg.method.name,
+             cfg.bits.w, cfg.bits.a, cfg.bits.g)
+    module = build_module(cfg, dm)
+    params = sum(p.numel() for p in module.net.parameters())
+
+    log.info("precision %s", cfg.precision.name)
+    trainer_kw = OmegaConf.to_container(cfg.trainer, resolve=True)
+    accelerator = trainer_kw.get("accelerator", "cpu")
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    plugin = precision_plugin(cfg.precision.name, accelerator)
+    meter = ThroughputMeter(cfg.measure.warmup_steps)
+
+    log.info("run dir   %s", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = instantiate(cfg.logger)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = pl.Trainer(**trainer_kw, plugins=[plugin], logger=logger, callbacks=[meter],
+                         enable_checkpointing=False, default_root_dir=str(run_dir))
+    record = {"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
+              "model": cfg.model.name, "method": cfg.method.name,
+              "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")},
+              "precision": cfg.precision.name, "dataset": dm.name,
+              "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),
+              "seed": int(cfg.seed), "status": "running", "params": params, "started_at": started,
+              "git_sha": git_sha(), "hardware": hardware(), "torch_version": torch.__version__}
+    try:
+        log.info("fit       %s epochs", cfg.trainer.max_epochs)
+        trainer.fit(module, datamodule=dm)
+        diverged = module.diverged
+        if not diverged:
+            log.info("test      official test set")
+            trainer.test(module, datamodule=dm, verbose=False)
+        ckpt = run_dir / "last.ckpt"
+        trainer.save_checkpoint(ckpt)  # collective: every rank calls it, rank 0 writes
+        metrics = trainer.callback_metrics
+        model_file = run_dir / "model.pt"
+        if trainer.is_global_zero:
+            module.method.export(module.net, model_file)
+        record.update(meter.summary(trainer.world_size))
+        record.update({
+            "status": "diverged" if diverged else "ok",
+            "top1": None if diverged else float(metrics["test/top1"]),
+            "top5": None if diverged else float(metrics["test/top5"]),
+            "test_samples": None if diverged else int(module.test_samples),
+            "footprint_bytes": _size(model_file) if trainer.is_global_zero else None,
+            "checkpoint_bytes": _size(ckpt) if trainer.is_global_zero else None,
+            "model_file": str(model_file), "checkpoint_file": str(ckpt),
+            "compute_dtype": module.compute_dtype, "loss_scale": loss_scale(plugin),
+            "world_size": trainer.world_size,
+        })
+    except BaseException as e:
+        record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+        if trainer.is_global_zero:
+            record["wall_s"] = time.perf_counter() - t_start
+            write_json_atomic(run_dir / "record.json", _ordered(record))
+        raise
+    record["wall_s"] = time.perf_counter() - t_start
+    record = _ordered(record)
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "record.json", record)
+        finish(trainer.loggers, record)
+        log.info("record    %s (top1=%s, train %.1f it/s, test %.1f it/s, footprint %s B)",
+                 run_dir / "record.json", record["top1"], record["train_it_s"] or math.nan,
+                 record["test_it_s"] or math.nan, record["footprint_bytes"])
+    return record
+
+
+def _ordered(record: dict) -> dict:
+    """The contract's keys first, in the documented order; extras after."""
+    out = {k: record.get(k) for k in RECORD_KEYS}
+    out.update({k: v for k, v in record.items() if k not in out})
+    return out

@@ -1,0 +1,67 @@
+"""One run: `python train.py model=lenet5 method=fp32 precision=16-mixed data=fashion_mnist`.
+
+A Hydra app (conf/config.yaml); any key can be overridden, `-m` sweeps. Bad input is said in one
+line (key, value, what is valid) with exit status 2, before anything is written.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.fashion_mnist import DataError
+from lightning_modules.config_check import GROUPS, ConfigError, check_overrides
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def precheck(argv: list[str]) -> None:
+    """Unknown group choices and unknown keys, before Hydra prints its multi-line errors."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    check_overrides(overrides, multirun=multirun)
+    if multirun:
+        return
+    from hydra import compose, initialize_config_dir
+
+    groups = [o for o in overrides if o.partition("=")[0].lstrip("+~") in GROUPS]
+    keys = [o for o in overrides if o not in groups and not o.startswith(("hydra.", "+", "~"))]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        base = compose("config", overrides=groups)
+        for o in keys:
+            key, _, value = o.partition("=")
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(base, parent) if parent else base
+            if not isinstance(node, DictConfig) or leaf not in node:
+                valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "(none)"
+                raise ConfigError(f"{key}={value}: unknown key; valid keys under "
+                                  f"{parent or 'the top level'}: {valid}")
+        try:
+            compose("config", overrides=overrides)
+        except Exception as e:  # anything else Hydra rejects: its first line
+            raise ConfigError(str(e).strip().splitlines()[0]) from None
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from lightning_modules.run import run
+
+    try:
+        run(cfg)
+    except (ConfigError, DataError) as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    try:
+        precheck(sys.argv[1:])
+    except ConfigError as e:
+        _fail(str(e))
+    main()
