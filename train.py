@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.fashion_mnist import DataError
-from lightning_modules.config_check import GROUPS, ConfigError, check_overrides
+from lightning_modules.config_check import GROUPS, ConfigError, check_overrides, normalize_overrides
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -60,6 +60,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = normalize_overrides(sys.argv[1:])
     try:
         precheck(sys.argv[1:])
     except ConfigError as e:

@@ -22,6 +22,18 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def normalize_overrides(overrides: list[str]) -> list[str]:
+    """Quote numeric group choices (`precision=32` -> `precision='32'`): Hydra would parse 32 as
+    an int and refuse it as a config group option."""
+    out = []
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if sep and key.lstrip("+~") in GROUPS and value.isdigit():
+            ov = f"{key}='{value}'"
+        out.append(ov)
+    return out
+
+
 def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     """Group choices (`model=foo`) must name a YAML in conf/<group>/."""
     for ov in overrides:
@@ -29,7 +41,7 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
         key = key.lstrip("+~")
         if not sep or key not in GROUPS:
             continue
-        values = value.split(",") if multirun else [value]
+        values = [v.strip("'\"") for v in (value.split(",") if multirun else [value])]
         for v in values:
             if v not in choices(key):
                 raise ConfigError(f"{key}={v}: unknown {key}; valid: {', '.join(choices(key))}")

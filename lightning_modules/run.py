@@ -43,7 +43,7 @@ def build_net(cfg: DictConfig, dm) -> torch.nn.Module:
 
 
 def build_method(cfg: DictConfig):
-    return instantiate(cfg.method, _convert_="all")
+    return instantiate(_without(cfg.method, "label"), _convert_="all")
 
 
 def build_module(cfg: DictConfig, dm) -> CompressionModule:
@@ -92,6 +92,7 @@ def run(cfg: DictConfig) -> dict:
                          enable_checkpointing=False, default_root_dir=str(run_dir))
     record = {"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
               "model": cfg.model.name, "method": cfg.method.name,
+              "method_label": cfg.method.get("label"),
               "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")},
               "precision": cfg.precision.name, "dataset": dm.name,
               "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),

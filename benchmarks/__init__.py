@@ -1,0 +1,1 @@
+"""Suites -> runs -> records -> tables. Tables are pure functions of the records."""

@@ -1,0 +1,89 @@
+"""Run a suite: `python -m benchmarks.suite <name> [--results-dir DIR] [key=value ...]`.
+
+A suite is `conf/suite/<name>.yaml`: `common` overrides plus a list of `runs` (override lists).
+Each run is a separate `train.py` process (a crash or a DDP launch cannot disturb the others).
+A run whose record exists with status ok and the same config_hash is skipped, so an interrupted
+suite resumes where it stopped. Then the table is rebuilt from the records:
+<results_dir>/tables/<name>.{md,csv,html}. Extra `key=value` arguments apply to every run.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from benchmarks import tables
+from lightning_modules.config_check import ConfigError, check_overrides, choices, normalize_overrides
+from lightning_modules.record import config_hash, read_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list[dict]]:
+    """The suite's config and, per run, its overrides, config_hash and record path."""
+    if name not in choices("suite"):
+        raise ConfigError(f"SUITE={name}: unknown suite; valid: {', '.join(choices('suite'))}")
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        suite = compose("config", overrides=[f"suite={name}"]).suite
+        runs = []
+        for run in suite.runs:
+            overrides = normalize_overrides(
+                [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"])
+            check_overrides(overrides)
+            cfg = compose("config", overrides=overrides)
+            runs.append({"overrides": overrides, "config_hash": config_hash(cfg),
+                         "record": Path(cfg.run_dir) / "record.json", "run_name": cfg.run_name})
+    return OmegaConf.to_container(suite, resolve=True), runs
+
+
+def done(run: dict) -> dict | None:
+    rec = read_record(run["record"])
+    if rec and rec.get("status") == "ok" and rec.get("config_hash") == run["config_hash"]:
+        return rec
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suite")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--tables-dir", default=None, help="default: <results-dir>/tables")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    args = p.parse_intermixed_args(argv)
+    try:
+        suite, runs = plan(args.suite, args.results_dir, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"suite {args.suite}: {len(runs)} runs, {sum(done(r) is not None for r in runs)} already done")
+    failed, t0 = [], time.perf_counter()
+    for i, run in enumerate(runs, 1):
+        if done(run):
+            print(f"[{i}/{len(runs)}] skip {run['run_name']} (done, config_hash {run['config_hash']})")
+            continue
+        print(f"[{i}/{len(runs)}] run  {run['run_name']}: {' '.join(run['overrides'])}", flush=True)
+        rc = subprocess.run([sys.executable, str(REPO / "train.py"), *run["overrides"]], cwd=REPO).returncode
+        rec = read_record(run["record"])
+        if rc != 0 or rec is None or rec.get("status") not in ("ok", "diverged"):
+            failed.append(run["run_name"])
+    records = [r for r in (read_record(run["record"]) for run in runs)
+               if r and any(r.get("config_hash") == run["config_hash"] for run in runs)]
+    print(f"suite {args.suite}: {time.perf_counter() - t0:.0f} s")
+    if records:
+        out = Path(args.tables_dir) if args.tables_dir else Path(args.results_dir) / "tables"
+        paths = tables.write(args.suite, suite.get("description", ""), records, out,
+                             reference_table=suite.get("reference"))
+        print(f"table: {paths['md']} (+ .csv, .html)")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Records -> the documents' table, as Markdown, CSV and HTML. Pure functions of the records.
+
+Columns as in the documents: Bitwidth/method | model | Thruput. (Training) | Thruput. (Test) |
+Precision@1 | Precision@5 | Footprint, plus throughput relative to the same model's FP (32) row
+(the only speed figure comparable across machines) and the dtype the forward pass really ran in.
+Published numbers come from benchmarks/reference/paper_numbers.csv and are shown beside ours.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from lightning_modules.record import hardware_line
+
+REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_numbers.csv"
+PRECISION_LABELS = {"32": "FP (32)", "16-mixed": "FP (16) w/ LS", "16-mixed-noscale": "FP (16) wo/ LS",
+                    "bf16-mixed": "BF (16)"}
+COLUMNS = ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)", "Precision@1",
+           "Precision@5", "Footprint", "Train ×FP32", "Test ×FP32", "compute dtype"]
+
+
+def label(rec: dict) -> str:
+    """`FP (16) w/ LS` for full-precision methods, `<method label> (W,A,G)` for the others."""
+    prec = PRECISION_LABELS.get(rec["precision"], rec["precision"])
+    if rec["method"] == "fp32":
+        return prec
+    b = rec["bits"]
+    name = rec.get("method_label") or rec["method"]
+    out = f"{name} ({b['w']},{b['a']},{b['g']})"
+    return out if rec["precision"] == "32" else f"{out}, {prec}"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None or pd.isna(n):
+        return "-"
+    for unit, size in (("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _pct(x) -> str:
+    return "-" if x is None or pd.isna(x) else f"{100 * x:.2f}%"
+
+
+def _speed(it_s, samples_s) -> str:
+    if it_s is None or pd.isna(it_s):
+        return "-"
+    return f"{it_s:.2f} it/s ({samples_s:,.0f} img/s)"
+
+
+def _ratio(x, ref) -> str:
+    if x is None or ref is None or pd.isna(x) or pd.isna(ref) or not ref:
+        return "-"
+    return f"{x / ref:.2f}×"
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record, numeric columns kept (the CSV)."""
+    rows = []
+    for r in records:
+        row = {k: v for k, v in r.items() if not isinstance(v, dict)}
+        row.update({f"bits_{k}": v for k, v in r["bits"].items()})
+        row["label"] = label(r)
+        row["hardware"] = hardware_line(r["hardware"]) if r.get("hardware") else None
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    fp32 = df[(df.method == "fp32") & (df.precision == "32")].set_index("model")
+    for col in ("train_it_s", "test_it_s"):
+        ref = df.model.map(fp32[col]) if not fp32.empty else pd.Series(float("nan"), index=df.index)
+        df[f"{col}_vs_fp32"] = df[col] / ref
+    return df
+
+
+def display(df: pd.DataFrame) -> pd.DataFrame:
+    """The documents' table from `frame(records)`."""
+    out = pd.DataFrame({
+        "Bitwidth/method": df.label,
+        "model": df.model,
+        "Thruput. (Training)": [_speed(a, b) for a, b in zip(df.train_it_s, df.train_samples_s)],
+        "Thruput. (Test)": [_speed(a, b) for a, b in zip(df.test_it_s, df.test_samples_s)],
+        "Precision@1": [_pct(x) if s == "ok" else s for x, s in zip(df.top1, df.status)],
+        "Precision@5": [_pct(x) if s == "ok" else s for x, s in zip(df.top5, df.status)],
+        "Footprint": [f"{human_bytes(f)} (ckpt {human_bytes(c)})"
+                      for f, c in zip(df.footprint_bytes, df.checkpoint_bytes)],
+        "Train ×FP32": [_ratio(x, 1.0) for x in df.train_it_s_vs_fp32],
+        "Test ×FP32": [_ratio(x, 1.0) for x in df.test_it_s_vs_fp32],
+        "compute dtype": df.get("compute_dtype", pd.Series("-", index=df.index)).fillna("-"),
+    })
+    return out[COLUMNS]
+
+
+def reference(table: str, csv_path: Path = REFERENCE_CSV) -> pd.DataFrame:
+    """The published rows of `table`, with throughput relative to the same model's FP (32) row."""
+    ref = pd.read_csv(csv_path, dtype={"precision": str})
+    ref = ref[ref.table == table].copy()
+    if ref.empty:
+        return ref
+    fp = ref[(ref.method == "fp32") & (ref.precision == "32")].set_index("model")
+    return pd.DataFrame({
+        "Bitwidth/method": ref.label, "model": ref.model, "dataset": ref.dataset,
+        "Thruput. (Training)": ref.train_it_s.map(lambda v: f"{v:.2f} it/s"),
+        "Thruput. (Test)": ref.test_it_s.map(lambda v: f"{v:.2f} it/s"),
+        "Precision@1": ref.top1.map(_pct), "Precision@5": ref.top5.map(_pct),
+        "Footprint": ref.footprint,
+        "Train ×FP32": [_ratio(x, fp.train_it_s.get(m)) for x, m in zip(ref.train_it_s, ref.model)],
+        "Test ×FP32": [_ratio(x, fp.test_it_s.get(m)) for x, m in zip(ref.test_it_s, ref.model)],
+        "source": ref.source,
+    })
+
+
+def _header(name: str, description: str, df: pd.DataFrame) -> list[str]:
+    hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
+    shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
+    return [f"Suite `{name}`: {description}",
+            f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(shas) or 'unknown'}.",
+            "Throughput is measured over steady-state steps (warm-up excluded, data loading "
+            "included) at the run's batch size; Footprint is the exported weights file, "
+            "ckpt the Lightning checkpoint."]
+
+
+def write(name: str, description: str, records: list[dict], out_dir: Path,
+          reference_table: str | None = None) -> dict[str, Path]:
+    """Write <out_dir>/<name>.md, .csv and .html; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = frame(records)
+    if df.empty:
+        raise ValueError(f"suite {name}: no records to tabulate")
+    shown = display(df)
+    ref = reference(reference_table) if reference_table else pd.DataFrame()
+    head = _header(name, description, df)
+    md = [f"# {name}", "", *[h + "  " for h in head], "", shown.to_markdown(index=False), ""]
+    if not ref.empty:
+        md += [f"Published reference (`{reference_table}` in benchmarks/reference/paper_numbers.csv):", "",
+               ref.to_markdown(index=False), ""]
+    paths = {"md": out_dir / f"{name}.md", "csv": out_dir / f"{name}.csv", "html": out_dir / f"{name}.html"}
+    paths["md"].write_text("\n".join(md))
+    df.to_csv(paths["csv"], index=False)
+    body = [f"<h1>{html.escape(name)}</h1>", *[f"<p>{html.escape(h)}</p>" for h in head],
+            shown.to_html(index=False, border=0, classes="results")]
+    if not ref.empty:
+        body += [f"<h2>Published reference ({html.escape(reference_table)})</h2>",
+                 ref.to_html(index=False, border=0, classes="reference")]
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}")
+    paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}"
+                             f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return paths
