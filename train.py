@@ -11,8 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.fashion_mnist import DataError
-from lightning_modules.config_check import GROUPS, ConfigError, check_overrides, normalize_overrides
+from lightning_modules.config_check import GROUPS, ConfigError, check_config, check_overrides, normalize_overrides
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -44,13 +43,15 @@ def precheck(argv: list[str]) -> None:
                 raise ConfigError(f"{key}={value}: unknown key; valid keys under "
                                   f"{parent or 'the top level'}: {valid}")
         try:
-            compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides)
         except Exception as e:  # anything else Hydra rejects: its first line
             raise ConfigError(str(e).strip().splitlines()[0]) from None
+    check_config(cfg)  # value ranges and paths, before torch is even imported
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from datamodules.fashion_mnist import DataError
     from lightning_modules.run import run
 
     try:

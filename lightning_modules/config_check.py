@@ -70,6 +70,5 @@ def check_config(cfg: DictConfig) -> None:
     root = cfg.data.get("root")
     if root is not None and not Path(str(root)).is_dir():
         raise ConfigError(f"data.root={root}: no such directory (omit it to use <repo>/data)")
-    from .precision import NAMES
-    if cfg.precision.name not in NAMES:
-        raise ConfigError(f"precision={cfg.precision.name}: valid: {', '.join(NAMES)}")
+    if cfg.precision.name not in choices("precision"):
+        raise ConfigError(f"precision.name={cfg.precision.name}: valid: {', '.join(choices('precision'))}")

@@ -1,0 +1,164 @@
+"""Packed export: quantized weights at their bitwidth, everything else float32, in ONE file.
+
+For each quantized layer (a QConv2d/QLinear with a weight quantizer) the weight the forward pass
+uses, W_q = weight_quant(W) in eval mode, is factored into codes and a codebook:
+
+- per-row (per output channel) codebook: row c takes L_c distinct values; codes are the value's
+  rank in its row, at b = ceil(log2 max_c L_c) bits (XNOR/BWN: b = 1, a codebook {-a_c, +a_c});
+- or one codebook for the tensor (DoReFa, TWN, TTQ, pow2), whichever file is smaller;
+- a codebook symmetric about 0 ({-a, ..., a}, e.g. alpha * {-1, +1}) stores its positive half.
+
+Codes are packed MSB-first, 8 one-bit codes per byte (`numpy.packbits`), k-bit codes as k bit
+planes -> ceil(n k / 8) bytes. All codes share one uint8 tensor and all float32 values (codebooks,
+biases, BatchNorm, skipped full-precision layers, activation-quantizer state) one float32
+tensor, so the container (torch.save's zip) adds a fixed ~1.5 KB. `load_packed` puts W_q back
+as the layer's weight and drops its weight quantizer: predictions are bit-identical to the
+trained model in eval mode; activation quantizers keep working as before.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .qlayers import QLayer
+
+FORMAT = "lwb-packed-1"
+
+
+def pack_bits(codes: np.ndarray, k: int) -> np.ndarray:
+    """Non-negative integer codes < 2^k -> uint8 array of ceil(n k / 8) bytes (MSB first)."""
+    c = np.asarray(codes, dtype=np.uint64).ravel()
+    planes = (c[:, None] >> np.arange(k - 1, -1, -1, dtype=np.uint64)) & np.uint64(1)
+    return np.packbits(planes.astype(np.uint8).ravel())
+
+
+def unpack_bits(buf: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Inverse of pack_bits: n codes of k bits (int64)."""
+    planes = np.unpackbits(np.asarray(buf, dtype=np.uint8), count=n * k).reshape(n, k)
+    return (planes.astype(np.int64) << np.arange(k - 1, -1, -1, dtype=np.int64)).sum(axis=1)
+
+
+def _bits(levels: int) -> int:
+    return max(1, math.ceil(math.log2(levels)))
+
+
+def factor_rows(w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row codebook: (codes (C, n) int64, table (C, L) float32) with table.gather(1, codes)
+    == w2d exactly; rows with fewer than L values are padded with their largest value."""
+    s, perm = w2d.sort(dim=1)
+    new = torch.ones_like(s, dtype=torch.bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    rank = new.long().cumsum(1) - 1
+    table = s[:, -1:].expand(-1, int(rank[:, -1].max()) + 1).clone().scatter_(1, rank, s)
+    return torch.empty_like(rank).scatter_(1, perm, rank), table
+
+
+def _halve(table: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The positive half of a codebook symmetric about 0 (sorted rows), else the table."""
+    L = table.shape[1]
+    if L % 2 == 0 and torch.equal(table, -table.flip(1)):
+        return table[:, L // 2:], True
+    return table, False
+
+
+def encode(w: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, dict]:
+    """W_q -> (packed codes, codebook, meta), choosing per-row or per-tensor codebooks."""
+    w2d = w.detach().float().cpu().reshape(w.shape[0], -1)
+    codes_r, table_r = factor_rows(w2d)
+    table_t, codes_t = torch.unique(w2d, sorted=True, return_inverse=True)
+    table_t = table_t[None]
+    options = []
+    for codes, table in ((codes_r, table_r), (codes_t, table_t)):
+        stored, sym = _halve(table)
+        bits = _bits(table.shape[1])
+        options.append((w2d.numel() * bits + 32 * stored.numel(), codes, table, stored, sym, bits))
+    _, codes, table, stored, sym, bits = min(options, key=lambda o: o[0])
+    meta = {"shape": list(w.shape), "bits": bits, "rows": table.shape[0],
+            "levels": table.shape[1], "symmetric": sym}
+    return pack_bits(codes.numpy(), bits), stored.reshape(-1), meta
+
+
+def decode(packed: np.ndarray, stored: torch.Tensor, meta: dict) -> torch.Tensor:
+    rows, levels, shape = meta["rows"], meta["levels"], meta["shape"]
+    table = stored.reshape(rows, -1)
+    if meta["symmetric"]:
+        table = torch.cat([-table.flip(1), table], dim=1)
+    n = math.prod(shape)
+    codes = torch.from_numpy(unpack_bits(packed, meta["bits"], n)).reshape(shape[0], -1)
+    if rows == 1:
+        return table[0][codes].reshape(shape)
+    return table.gather(1, codes).reshape(shape)
+
+
+def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, QLayer) and m.weight_quant is not None]
+
+
+def export_packed(model: nn.Module, path: str | Path) -> Path:
+    """Write the packed file (see the module docstring); returns its path."""
+    path = Path(path)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            qweights = {n: m.quantized_weight() for n, m in quantized_layers(model)}
+    finally:
+        model.train(was)
+    codes, floats, layers, tensors, other, pos_c, pos_f = [], [], [], [], {}, 0, 0
+    for name, w in qweights.items():
+        packed, stored, meta = encode(w)
+        meta.update(name=name, codes=[pos_c, packed.size], table=[pos_f, stored.numel()])
+        codes.append(packed)
+        floats.append(stored)
+        layers.append(meta)
+        pos_c, pos_f = pos_c + packed.size, pos_f + stored.numel()
+    dropped = tuple(f"{n}.weight_quant." for n in qweights)
+    for key, t in model.state_dict().items():
+        if key.removesuffix(".weight") in qweights or key.startswith(dropped):
+            continue
+        t = t.detach().cpu()
+        if t.dtype == torch.float32:
+            tensors.append([key, list(t.shape), pos_f, t.numel()])
+            floats.append(t.reshape(-1))
+            pos_f += t.numel()
+        else:
+            other[key] = t.clone()
+    torch.save({"format": FORMAT, "layers": layers, "tensors": tensors, "other": other,
+                "codes": torch.from_numpy(np.concatenate(codes or [np.zeros(0, np.uint8)])),
+                "floats": torch.cat(floats) if floats else torch.zeros(0)}, path)
+    return path
+
+
+def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a packed file into `model` (already quantized by the same method: same layer names).
+    Each packed layer gets W_q as its weight and no weight quantizer; everything else is loaded
+    with strict key checking."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a packed model file (format {blob.get('format')!r})")
+    codes, floats = blob["codes"].numpy(), blob["floats"]
+    state = dict(blob["other"])
+    for meta in blob["layers"]:
+        (c0, cn), (f0, fn) = meta["codes"], meta["table"]
+        layer = model.get_submodule(meta["name"])
+        if not isinstance(layer, QLayer):
+            raise ValueError(f"{path}: {meta['name']} is a {type(layer).__name__}, not a quantized layer")
+        layer.weight_quant = None
+        state[meta["name"] + ".weight"] = decode(codes[c0:c0 + cn], floats[f0:f0 + fn], meta)
+    for key, shape, f0, fn in blob["tensors"]:
+        state[key] = floats[f0:f0 + fn].reshape(shape)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def payload(path: str | Path) -> dict:
+    """Bytes by kind in a packed file: codes, codebooks, other float32 values, the file."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    table = sum(m["table"][1] for m in blob["layers"]) * 4
+    return {"codes": blob["codes"].numel(), "codebooks": table,
+            "floats": blob["floats"].numel() * 4 - table, "file": Path(path).stat().st_size}

@@ -1,0 +1,58 @@
+"""The documents' table from fixture records: labels, formatting, ratios, the three files."""
+import pandas as pd
+import pytest
+
+from benchmarks import tables
+
+HW = {"cpu": "Test CPU", "cpu_cores": 2, "torch_threads": 2, "gpu": None, "gpu_count": 0}
+
+
+def rec(model, precision, train_it, test_it, top1, method="fp32", bits=(32, 32, 32), status="ok", **kw):
+    return {"suite": "t", "run_name": f"{model}-{precision}", "config_hash": "h", "model": model,
+            "method": method, "bits": dict(zip("wag", bits)), "precision": precision,
+            "dataset": "fashion_mnist", "epochs": 1, "batch_size": 32, "seed": 0, "status": status,
+            "top1": top1, "top5": 0.99, "train_it_s": train_it, "train_samples_s": train_it * 32,
+            "test_it_s": test_it, "test_samples_s": test_it * 1000, "params": 10,
+            "footprint_bytes": 1_727_537, "checkpoint_bytes": 5_185_155, "wall_s": 1.0,
+            "git_sha": "abc", "hardware": HW, "compute_dtype": "float16" if "16" in precision else "float32",
+            **kw}
+
+
+RECORDS = [rec("lenet5", "32", 50.0, 10.0, 0.9012), rec("lenet5", "16-mixed", 10.0, 2.0, 0.8999),
+           rec("lenet5", "16-mixed-noscale", 12.5, 2.5, None, status="diverged"),
+           rec("lenet5", "32", 20.0, 5.0, 0.80, method="dorefa", bits=(1, 2, 6), method_label="DoReFa-Net")]
+
+
+def test_rows_in_the_documents_shape():
+    shown = tables.display(tables.frame(RECORDS))
+    assert list(shown.columns)[:7] == ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)",
+                                       "Precision@1", "Precision@5", "Footprint"]
+    assert shown["Bitwidth/method"].tolist() == ["FP (32)", "FP (16) w/ LS", "FP (16) wo/ LS", "DoReFa-Net (1,2,6)"]
+    assert shown["Precision@1"].tolist() == ["90.12%", "89.99%", "diverged", "80.00%"]
+    assert shown["Thruput. (Training)"][1] == "10.00 it/s (320 img/s)"
+    assert shown["Train ×FP32"].tolist() == ["1.00×", "0.20×", "0.25×", "0.40×"]
+    assert shown["Footprint"][0] == "1.73 MB (ckpt 5.19 MB)"
+
+
+def test_reference_ratios_are_computed_from_the_papers_numbers():
+    ref = tables.reference("seed_table")
+    alex = ref[ref.model == "AlexNet"].set_index("Bitwidth/method")
+    assert alex.loc["FxP (16) w/ LS", "Train ×FP32"] == f"{1.13 / 1.26:.2f}×"
+    assert alex.loc["XNOR-Net (1,1,32)", "Precision@1"] == "47.63%"
+    assert (ref.source.str.len() > 0).all()
+
+
+def test_three_files_written(tmp_path):
+    paths = tables.write("t", "fixture", RECORDS, tmp_path, reference_table="seed_table")
+    md = paths["md"].read_text()
+    assert "| FP (16) w/ LS" in md and "Test CPU, 2 cores" in md and "AlexNet" in md
+    csv = pd.read_csv(paths["csv"])
+    assert len(csv) == 4 and csv.top1.iloc[0] == pytest.approx(0.9012)
+    assert csv.train_it_s_vs_fp32.iloc[1] == pytest.approx(0.2)
+    html = paths["html"].read_text()
+    assert html.count("<table") == 2 and "FP (16) wo/ LS" in html
+
+
+def test_no_records_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no records"):
+        tables.write("t", "", [], tmp_path)

@@ -1,0 +1,93 @@
+"""Short real runs through train.py: the record's contract, reloadable exports, divergence."""
+import json
+
+import pytest
+import torch
+
+from lightning_modules.record import RECORD_KEYS
+from tests.conftest import FAST, only_record, train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short run per precision (same seed, same data)."""
+    out = {}
+    for prec in ("32", "16-mixed", "16-mixed-noscale", "bf16-mixed"):
+        results = tmp_path_factory.mktemp(f"p{prec}")
+        p = train([*FAST, f"precision={prec}"], results)
+        assert p.returncode == 0, p.stderr[-3000:]
+        out[prec] = (only_record(results), results)
+    return out
+
+
+@pytest.mark.slow
+def test_record_contract(runs):
+    rec, results = runs["32"]
+    assert list(rec)[: len(RECORD_KEYS)] == list(RECORD_KEYS)
+    assert rec["status"] == "ok" and rec["suite"] == "adhoc"
+    assert rec["run_name"] == "lenet300-fp32-W32A32G32-32-s0"
+    assert (results / "runs" / "adhoc" / rec["run_name"] / "record.json").is_file()
+    assert rec["bits"] == {"w": 32, "a": 32, "g": 32} and rec["precision"] == "32"
+    assert rec["dataset"] == "fashion_mnist" and rec["epochs"] == 1 and rec["batch_size"] == 32
+    assert 0 < rec["top1"] <= rec["top5"] <= 1 and rec["test_samples"] == 1000
+    assert rec["params"] == 266_610
+    for k in ("train_it_s", "train_samples_s", "test_it_s", "test_samples_s", "wall_s"):
+        assert rec[k] > 0, k
+    assert rec["train_samples_s"] == pytest.approx(rec["train_it_s"] * 32)
+    assert rec["hardware"]["cpu_cores"] >= 1 and rec["torch_version"] == torch.__version__
+
+
+@pytest.mark.slow
+def test_footprints_are_real_files(runs):
+    rec, _ = runs["32"]
+    import os
+    assert rec["footprint_bytes"] == os.path.getsize(rec["model_file"])
+    assert rec["checkpoint_bytes"] == os.path.getsize(rec["checkpoint_file"])
+    # weights only: float32 params, a little container overhead; the checkpoint adds Adam's 2 moments
+    assert 4 * rec["params"] < rec["footprint_bytes"] < 4 * rec["params"] * 1.05
+    assert rec["checkpoint_bytes"] > 2.5 * rec["footprint_bytes"]
+
+
+@pytest.mark.slow
+def test_exported_model_reloads_to_the_recorded_accuracy(runs, fmnist):
+    rec, _ = runs["32"]
+    from lightning_modules.compression.method import FullPrecision
+    from lightning_modules.models import LeNet300
+    net = FullPrecision().load(LeNet300(), rec["model_file"]).eval()
+    with torch.no_grad():
+        pred = net(fmnist.x_test[:1000]).argmax(1)
+    assert (pred == fmnist.y_test[:1000]).float().mean().item() == pytest.approx(rec["top1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_each_precision_ran_as_named(runs):
+    expect = {"32": ("float32", None), "16-mixed": ("float16", "scaled"),
+              "16-mixed-noscale": ("float16", None), "bf16-mixed": ("bfloat16", None)}
+    for prec, (dtype, scaled) in expect.items():
+        rec, _ = runs[prec]
+        assert rec["precision"] == prec and rec["status"] == "ok"
+        assert rec["compute_dtype"] == dtype, prec
+        assert (rec["loss_scale"] is not None) == (scaled is not None), prec
+        assert rec["run_name"].endswith(f"-{prec}-s0")
+    # same seed and data: float16 with loss scaling stays close to float32 on this short run
+    assert abs(runs["16-mixed"][0]["top1"] - runs["32"][0]["top1"]) < 0.05
+
+
+@pytest.mark.slow
+def test_nan_loss_ends_the_run_as_diverged_with_a_record(tmp_path):
+    p = train([*FAST, "optimizer=sgd", "optimizer.lr=1e30", "scheduler=none"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = only_record(tmp_path)
+    assert rec["status"] == "diverged" and rec["top1"] is None
+    assert rec["train_it_s"] is not None  # measured up to the divergence
+
+
+@pytest.mark.slow
+def test_rerun_overwrites_and_hash_identifies(tmp_path):
+    p = train([*FAST, "trainer.limit_train_batches=3"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    first = only_record(tmp_path)
+    p = train([*FAST, "trainer.limit_train_batches=3", "optimizer.lr=0.01"], tmp_path)
+    second = only_record(tmp_path)
+    assert first["run_name"] == second["run_name"] and first["config_hash"] != second["config_hash"]
+    assert json.loads(json.dumps(second)) == second
