@@ -236,3 +236,22 @@ def test_compression_package_imports_no_lightning():
     code = ("import sys, lightning_modules.compression.quant_methods, lightning_modules.compression.pack;"
             "assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("roles", [
+    dict(weight_quant=Q.bwn_weight, act_quant=Q.xnor_input),
+    dict(weight_quant=partial(Q.dorefa_weight, k=2), act_quant=partial(Q.dorefa_act, k=2),
+         grad_quant=partial(Q.dorefa_grad, k=4)),
+], ids=["xnor", "dorefa"])
+def test_layer_under_float16_autocast(roles):
+    torch.manual_seed(0)
+    q = QConv2d(3, 4, 3, padding=1, **roles)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert q.quantized_weight().dtype == torch.float32  # quantizer math in float32
+        y = q(x)
+    y.float().square().sum().backward()
+    assert torch.isfinite(x.grad).all() and q.weight.grad.dtype == torch.float32
+    with torch.no_grad():
+        ref = q(x)  # the float32 forward, for scale
+    torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05)

@@ -1,0 +1,73 @@
+"""Real DDP processes (gloo, 2 CPU ranks), W&B offline runs, and a whole suite with resume."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import FAST, REPO, only_record, train
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_one_record_with_global_metrics(tmp_path, fmnist):
+    p = train([*FAST, "trainer=ddp", "trainer.devices=2"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Starting with 2 processes" in p.stdout + p.stderr
+    rec = only_record(tmp_path)  # rank 0 only
+    assert rec["status"] == "ok" and rec["world_size"] == 2
+    assert rec["test_samples"] == 1000  # both ranks' halves, not one rank's 500
+    from lightning_modules.compression.method import FullPrecision
+    from lightning_modules.models import LeNet300
+    net = FullPrecision().load(LeNet300(), rec["model_file"]).eval()
+    with torch.no_grad():
+        acc = (net(fmnist.x_test[:1000]).argmax(1) == fmnist.y_test[:1000]).float().mean().item()
+    assert rec["top1"] == pytest.approx(acc, abs=1e-6)  # the global accuracy over all 1000
+
+
+def _wandb_inspect(path, *flags):
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "wandb"), "leet", "inspect",
+                          *flags, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_config_metrics_and_record(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    p = subprocess.run([sys.executable, str(REPO / "train.py"), *FAST, "logger=wandb",
+                        "trainer.log_every_n_steps=2", f"results_dir={tmp_path}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = only_record(tmp_path / "runs")
+    runs = list((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(runs) == 1, list(tmp_path.rglob("*"))
+    summary = json.loads(_wandb_inspect(runs[0], "--summary", "--json"))
+    assert summary["state"] == "finished" and summary["project"] == "adhoc"
+    assert summary["name"] == rec["run_name"]
+    assert summary["config"]["model"]["name"] == "lenet300"
+    assert summary["summary"]["top1"] == pytest.approx(rec["top1"])
+    assert summary["summary"]["footprint_bytes"] == rec["footprint_bytes"]
+    history = [json.loads(l) for l in _wandb_inspect(runs[0], "--json").splitlines() if '"history"' in l]
+    logged = json.dumps(history)
+    assert "train/loss" in logged and "test/top1" in logged
+
+
+@pytest.mark.slow
+def test_suite_runs_tabulates_and_skips_done_runs(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.suite", "smoke", "--results-dir", str(tmp_path),
+           "data.train_subset=256", "data.test_subset=500"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    md = (tmp_path / "tables" / "smoke.md").read_text()
+    assert "| FP (32)" in md and "| FP (16) w/ LS" in md
+    records = sorted(tmp_path.glob("runs/smoke/*/record.json"))
+    assert len(records) == 2
+    mtimes = [r.stat().st_mtime_ns for r in records]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("skip ") == 2, again.stdout
+    assert [r.stat().st_mtime_ns for r in records] == mtimes
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.suite", "nope"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: SUITE=nope: unknown suite; valid:")
