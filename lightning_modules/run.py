@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.throughput import ThroughputMeter
-from .config_check import check_config
+from .config_check import ConfigError, check_config
 from .loggers import finish
 from .module import CompressionModule
 from .precision import loss_scale, precision_plugin
@@ -43,7 +44,13 @@ def build_net(cfg: DictConfig, dm) -> torch.nn.Module:
 
 
 def build_method(cfg: DictConfig):
-    return instantiate(_without(cfg.method, "label"), _convert_="all")
+    """The method object; a ConfigError it raises (bad bits for it) reaches the user as is."""
+    try:
+        return instantiate(_without(cfg.method, "label"), _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
 
 
 def build_module(cfg: DictConfig, dm) -> CompressionModule:
@@ -106,7 +113,8 @@ def run(cfg: DictConfig) -> dict:
             log.info("test      official test set")
             trainer.test(module, datamodule=dm, verbose=False)
         ckpt = run_dir / "last.ckpt"
-        trainer.save_checkpoint(ckpt)  # collective: every rank calls it, rank 0 writes
+        # the full checkpoint (optimizer state included), what the documents measured; collective
+        trainer.save_checkpoint(ckpt, weights_only=False)
         metrics = trainer.callback_metrics
         model_file = run_dir / "model.pt"
         if trainer.is_global_zero:

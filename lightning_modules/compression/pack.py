@@ -11,9 +11,10 @@ uses, W_q = weight_quant(W) in eval mode, is factored into codes and a codebook:
 Codes are packed MSB-first, 8 one-bit codes per byte (`numpy.packbits`), k-bit codes as k bit
 planes -> ceil(n k / 8) bytes. All codes share one uint8 tensor and all float32 values (codebooks,
 biases, BatchNorm, skipped full-precision layers, activation-quantizer state) one float32
-tensor, so the container (torch.save's zip) adds a fixed ~1.5 KB. `load_packed` puts W_q back
-as the layer's weight and drops its weight quantizer: predictions are bit-identical to the
-trained model in eval mode; activation quantizers keep working as before.
+tensor, so the container (torch.save's zip plus the pickled names and shapes) adds ~2.4 KB
+for LeNet-5 (it grows with the number of state-dict entries, not with their size).
+`load_packed` puts W_q back as the layer's weight and drops its weight quantizer: predictions
+are bit-identical to the trained model in eval mode; activation quantizers work as before.
 """
 from __future__ import annotations
 

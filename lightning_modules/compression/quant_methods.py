@@ -48,7 +48,7 @@ def _describe(valid: Sequence[int]) -> str:
 
 
 def check_bits(method: str, bits: Mapping, valid: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    """bits {w, a, g} -> dict of ints, or ConfigError: 'bits.w=3: method xnor takes w in 1'."""
+    """bits {w, a, g} -> dict of ints, or ConfigError: 'bits.w=3: not valid for method xnor; valid: 1'."""
     if not isinstance(bits, Mapping):
         raise ConfigError(f"bits={bits!r}: must be a mapping with keys w, a, g")
     out = {}
@@ -56,7 +56,8 @@ def check_bits(method: str, bits: Mapping, valid: Mapping[str, Sequence[int]]) -
         value = bits.get(key)
         ok = isinstance(value, int) and not isinstance(value, bool) and value in valid[key]
         if not ok:
-            raise ConfigError(f"bits.{key}={value}: method {method} takes {key} in {_describe(valid[key])}")
+            raise ConfigError(f"bits.{key}={value}: not valid for method {method}; "
+                              f"valid: {_describe(valid[key])}")
         out[key] = value
     return out
 
