@@ -9,6 +9,7 @@ suite resumes where it stopped. Then the table is rebuilt from the records:
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from benchmarks import tables
 from lightning_modules.config_check import ConfigError, check_overrides, choices, normalize_overrides
-from lightning_modules.record import config_hash, read_record
+from lightning_modules.record import config_hash, read_record, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,29 @@ def done(run: dict) -> dict | None:
     return None
 
 
+def reuse(run: dict, suite: str) -> dict | None:
+    """The same experiment (config_hash) already done in another suite: copy its run directory
+    here instead of training again; the record says where it came from (`copied_from`)."""
+    dst = run["record"].parent
+    for rec_path in sorted(dst.parent.parent.glob(f"*/{run['run_name']}/record.json")):
+        rec = read_record(rec_path)
+        if rec_path.parent == dst or not rec or rec.get("status") != "ok" \
+                or rec.get("config_hash") != run["config_hash"]:
+            continue
+        tmp = dst.with_name(f".{dst.name}.copy")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(rec_path.parent, tmp)
+        for key in ("model_file", "checkpoint_file"):
+            if rec.get(key):
+                rec[key] = str(dst / Path(rec[key]).name)
+        rec.update(suite=suite, copied_from=str(rec_path.parent))
+        write_json_atomic(tmp / "record.json", rec)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        return rec
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("suite")
@@ -55,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables-dir", default=None, help="default: <results-dir>/tables")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_intermixed_args(argv)
+    name = args.suite
     try:
-        suite, runs = plan(args.suite, args.results_dir, args.overrides)
+        suite, runs = plan(name, args.results_dir, args.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -66,13 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         if done(run):
             print(f"[{i}/{len(runs)}] skip {run['run_name']} (done, config_hash {run['config_hash']})")
             continue
+        copied = reuse(run, name)
+        if copied:
+            print(f"[{i}/{len(runs)}] copy {run['run_name']} (same config_hash in {copied['copied_from']})")
+            continue
         print(f"[{i}/{len(runs)}] run  {run['run_name']}: {' '.join(run['overrides'])}", flush=True)
         rc = subprocess.run([sys.executable, str(REPO / "train.py"), *run["overrides"]], cwd=REPO).returncode
         rec = read_record(run["record"])
         if rc != 0 or rec is None or rec.get("status") not in ("ok", "diverged"):
             failed.append(run["run_name"])
-    records = [r for r in (read_record(run["record"]) for run in runs)
-               if r and any(r.get("config_hash") == run["config_hash"] for run in runs)]
+    records = [r for r, run in ((read_record(run["record"]), run) for run in runs)
+               if r and r.get("config_hash") == run["config_hash"]]
     print(f"suite {args.suite}: {time.perf_counter() - t0:.0f} s")
     if records:
         out = Path(args.tables_dir) if args.tables_dir else Path(args.results_dir) / "tables"

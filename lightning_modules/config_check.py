@@ -28,8 +28,8 @@ def normalize_overrides(overrides: list[str]) -> list[str]:
     out = []
     for ov in overrides:
         key, sep, value = ov.partition("=")
-        if sep and key.lstrip("+~") in GROUPS and value.isdigit():
-            ov = f"{key}='{value}'"
+        if sep and key.lstrip("+~") in GROUPS:
+            ov = f"{key}=" + ",".join(f"'{v}'" if v.isdigit() else v for v in value.split(","))
         out.append(ov)
     return out
 

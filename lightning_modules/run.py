@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.throughput import ThroughputMeter
+from .compression.prune import nonzero_params
 from .config_check import ConfigError, check_config
 from .loggers import finish
 from .module import CompressionModule
@@ -128,6 +129,7 @@ def run(cfg: DictConfig) -> dict:
             "footprint_bytes": _size(model_file) if trainer.is_global_zero else None,
             "checkpoint_bytes": _size(ckpt) if trainer.is_global_zero else None,
             "model_file": str(model_file), "checkpoint_file": str(ckpt),
+            "nonzero_params": nonzero_params(module.net),
             "compute_dtype": module.compute_dtype, "loss_scale": loss_scale(plugin),
             "world_size": trainer.world_size,
         })

@@ -54,6 +54,7 @@ def test_struct_mode_rejects_unknown_keys(hydra_ctx):
 def test_numeric_group_choice_is_quoted():
     assert normalize_overrides(["precision=32", "bits.w=4", "model=lenet5"]) == \
         ["precision='32'", "bits.w=4", "model=lenet5"]
+    assert normalize_overrides(["precision=32,bf16-mixed"]) == ["precision='32',bf16-mixed"]
 
 
 def test_unknown_choice_names_valid_ones():

@@ -68,6 +68,13 @@ def test_suite_runs_tabulates_and_skips_done_runs(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("skip ") == 2, again.stdout
     assert [r.stat().st_mtime_ns for r in records] == mtimes
+    # the same experiments found in another suite's folder are copied, not trained again
+    (tmp_path / "runs" / "smoke").rename(tmp_path / "runs" / "other")
+    third = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and third.stdout.count("copy ") == 2, third.stdout + third.stderr
+    copied = [json.loads(r.read_text()) for r in records]
+    assert all(c["suite"] == "smoke" and "/runs/other/" in c["copied_from"] for c in copied)
+    assert all(os.path.getsize(c["model_file"]) == c["footprint_bytes"] for c in copied)
     bad = subprocess.run([sys.executable, "-m", "benchmarks.suite", "nope"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: SUITE=nope: unknown suite; valid:")

@@ -30,7 +30,7 @@ def test_record_contract(runs):
     assert rec["bits"] == {"w": 32, "a": 32, "g": 32} and rec["precision"] == "32"
     assert rec["dataset"] == "fashion_mnist" and rec["epochs"] == 1 and rec["batch_size"] == 32
     assert 0 < rec["top1"] <= rec["top5"] <= 1 and rec["test_samples"] == 1000
-    assert rec["params"] == 266_610
+    assert rec["params"] == 266_610 and 0.99 * rec["params"] < rec["nonzero_params"] <= rec["params"]
     for k in ("train_it_s", "train_samples_s", "test_it_s", "test_samples_s", "wall_s"):
         assert rec[k] > 0, k
     assert rec["train_samples_s"] == pytest.approx(rec["train_it_s"] * 32)
@@ -91,3 +91,12 @@ def test_rerun_overwrites_and_hash_identifies(tmp_path):
     second = only_record(tmp_path)
     assert first["run_name"] == second["run_name"] and first["config_hash"] != second["config_hash"]
     assert json.loads(json.dumps(second)) == second
+
+
+@pytest.mark.slow
+def test_hydra_multirun_sweeps_precision_and_bits(tmp_path):
+    p = train(["-m", *FAST, "trainer.limit_train_batches=3", "precision=32,bf16-mixed"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = sorted(json.loads(r.read_text())["run_name"] for r in tmp_path.rglob("record.json"))
+    assert recs == ["lenet300-fp32-W32A32G32-32-s0", "lenet300-fp32-W32A32G32-bf16-mixed-s0"]
+    assert len(list((tmp_path / "sweeps").glob("*/multirun.yaml"))) == 1

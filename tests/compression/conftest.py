@@ -18,7 +18,9 @@ def build_method(name: str, bits: dict | str | None = None):
     bits = bits or PRESET[name]
     if isinstance(bits, str):
         bits = OmegaConf.load(CONF / "bits" / f"{bits}.yaml")
-    cfg = OmegaConf.create({"bits": bits, "method": OmegaConf.load(CONF / "method" / f"{name}.yaml")})
+    method = OmegaConf.load(CONF / "method" / f"{name}.yaml")
+    method.pop("label", None)  # the table's row name, not a constructor argument (see run.build_method)
+    cfg = OmegaConf.create({"bits": bits, "method": method})
     return instantiate(cfg.method, _convert_="all")
 
 

@@ -19,7 +19,9 @@ from lightning_modules.models import CifarResNet, LeNet5, LeNet300
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml") if p.stem != "fp32")
+# every quantization method in conf/method (the ones built on quant_methods.py)
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml")
+                 if "compression.quant_methods." in p.read_text())
 
 
 # --- layers ---------------------------------------------------------------------------------

@@ -1,0 +1,234 @@
+"""The Deep Compression file: pruned, shared, Huffman-coded layers in ONE self-checking file.
+
+Per pruned and/or shared Conv2d/Linear weight (Han, Mao & Dally 2016, Fig. 1 and Sec. 2-4):
+
+- positions: dense, or sparse as relative indices of g bits with filler zeros (sparse.py);
+- values: float32 (pruned only), or codes into a per-layer float32 codebook (shared; a pruned
+  layer's code 0 is the zero of fillers and pruned weights, codes 1.. its centroids);
+- each code stream (value codes, gap codes) fixed-width (`pack_bits`, b or g bits) or Huffman
+  coded (huffman.py; the table is one uint8 code length per symbol).
+
+Every other state-dict entry (biases, BatchNorm, unpruned layers) is stored raw in its dtype.
+
+Layout: MAGIC (8 B) | header length (u32 LE) | header (JSON: entries, blob offsets, bit counts)
+| payload | crc32 of all preceding bytes (u32 LE). `read` checks magic, lengths and checksum
+before decoding anything, so a truncated or corrupted file raises CompressedFileError (a
+ValueError naming the file) rather than building a wrong model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import huffman
+from .pack import pack_bits, unpack_bits
+from .prune import is_masked, plain_state_dict
+from .share import is_shared, sharing
+from .sparse import from_sparse, to_sparse
+
+MAGIC = b"LWBDC1\r\n"
+
+
+class CompressedFileError(ValueError):
+    """A Deep Compression file that is not one, is truncated, corrupted or for another model."""
+
+
+def _width(alphabet: int) -> int:
+    return max(1, math.ceil(math.log2(max(alphabet, 2))))
+
+
+def _code_stream(symbols: np.ndarray, alphabet: int, use_huffman: bool) -> tuple[dict, list]:
+    """One stream of codes -> (meta, blobs); meta also carries both sizes for the report."""
+    fixed_bits = symbols.size * _width(alphabet)
+    huff_bits = huffman.coded_bits(symbols, alphabet)
+    meta = {"n": int(symbols.size), "alphabet": alphabet, "huffman": use_huffman,
+            "bits_fixed": fixed_bits, "bits_huffman": huff_bits}
+    if use_huffman:
+        lengths, packed, nbits = huffman.encode(symbols, alphabet)
+        meta["nbits"] = nbits
+        return meta, [lengths.tobytes(), packed.tobytes()]
+    return meta, [pack_bits(symbols, _width(alphabet)).tobytes()]
+
+
+def _decode_stream(meta: dict, blobs: list[bytes]) -> np.ndarray:
+    n, alphabet = meta["n"], meta["alphabet"]
+    if meta["huffman"]:
+        lengths = np.frombuffer(blobs[0], np.uint8)
+        if lengths.size != alphabet:
+            raise ValueError(f"Huffman table of {lengths.size} lengths for {alphabet} symbols")
+        return huffman.decode(lengths, np.frombuffer(blobs[1], np.uint8), meta["nbits"], n)
+    out = unpack_bits(np.frombuffer(blobs[0], np.uint8), _width(alphabet), n)
+    if n and out.max() >= alphabet:
+        raise ValueError(f"code {out.max()} outside an alphabet of {alphabet}")
+    return out
+
+
+def encode_layer(module: nn.Module, weight: torch.Tensor, gap_bits: int, use_huffman: bool):
+    """A pruned and/or shared layer's (plain) weight -> (meta, blobs)."""
+    flat = weight.detach().cpu().float().reshape(-1).numpy()
+    meta = {"shape": list(weight.shape), "sparse": is_masked(module), "streams": {}}
+    blobs = []
+    if is_shared(module):
+        s = sharing(module)
+        offset = 1 if meta["sparse"] else 0  # code 0 = zero in a pruned layer
+        table = np.concatenate([np.zeros(offset, np.float32), s.centroids.detach().cpu().float().numpy()])
+        values = s.idx.detach().cpu().reshape(-1).numpy() + offset
+        meta["codebook"] = int(table.size)
+        blobs.append(table.tobytes())
+    else:
+        values, table = flat, None
+    if meta["sparse"]:
+        keep = module.weight_mask.detach().cpu().reshape(-1).numpy() > 0
+        values, gaps = to_sparse(values, keep, gap_bits)
+        meta["gap_bits"] = gap_bits
+        gm, gb = _code_stream(gaps, 2 ** gap_bits, use_huffman)
+        meta["streams"]["gaps"] = gm
+        blobs += gb
+    if table is not None:
+        vm, vb = _code_stream(values, int(table.size), use_huffman)
+        meta["streams"]["values"] = vm
+        blobs += vb
+    else:
+        meta["values"] = int(values.size)
+        blobs.append(values.astype(np.float32).tobytes())
+    return meta, blobs
+
+
+def decode_layer(meta: dict, blobs: list[bytes]) -> torch.Tensor:
+    blobs = list(blobs)
+    numel = math.prod(meta["shape"])
+    table = np.frombuffer(blobs.pop(0), np.float32) if "codebook" in meta else None
+    if table is not None and table.size != meta["codebook"]:
+        raise ValueError(f"codebook of {table.size} values, header says {meta['codebook']}")
+    gaps = None
+    if meta["sparse"]:
+        m = meta["streams"]["gaps"]
+        k = 2 if m["huffman"] else 1
+        gaps, blobs = _decode_stream(m, blobs[:k]), blobs[k:]
+    if table is not None:
+        values = table[_decode_stream(meta["streams"]["values"], blobs)]
+    else:
+        values = np.frombuffer(blobs[0], np.float32)
+        if values.size != meta["values"]:
+            raise ValueError(f"{values.size} float values, header says {meta['values']}")
+    if gaps is not None:
+        values = from_sparse(values, gaps, numel)
+    if values.size != numel:
+        raise ValueError(f"{values.size} values for a tensor of {numel}")
+    return torch.from_numpy(values.astype(np.float32).copy()).reshape(meta["shape"])
+
+
+def compressed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+            and (is_masked(m) or is_shared(m))]
+
+
+def encode_model(model: nn.Module, gap_bits: dict, use_huffman: bool) -> tuple[dict, list[bytes]]:
+    """The header (without offsets) and the blobs of every entry, in state-dict order."""
+    plain = plain_state_dict(model)
+    layers = dict(compressed_layers(model))
+    entries, blobs = [], []
+    for key, t in plain.items():
+        mod = key.removesuffix(".weight")
+        if key.endswith(".weight") and mod in layers:
+            m = layers[mod]
+            g = gap_bits["conv"] if isinstance(m, nn.Conv2d) else gap_bits["fc"]
+            meta, b = encode_layer(m, t, g, use_huffman)
+            meta.update(key=key, kind="layer")
+        else:
+            a = t.detach().cpu().contiguous().numpy()
+            meta, b = {"key": key, "kind": "raw", "dtype": str(a.dtype), "shape": list(a.shape)}, [a.tobytes()]
+        entries.append(meta | {"nblobs": len(b)})
+        blobs += b
+    return {"format": "lwb-deep-compression-1", "entries": entries}, blobs
+
+
+def write(model: nn.Module, path: str | Path, gap_bits: dict, use_huffman: bool) -> Path:
+    path = Path(path)
+    header, blobs = encode_model(model, gap_bits, use_huffman)
+    header["blobs"] = [len(b) for b in blobs]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body = MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    return path
+
+
+def read(path: str | Path) -> dict[str, torch.Tensor]:
+    """The plain state dict stored in the file, or CompressedFileError (one line, names the file)."""
+    path = Path(path)
+    data = path.read_bytes()
+
+    def fail(why: str) -> CompressedFileError:
+        return CompressedFileError(f"{path}: {why}")
+
+    if len(data) < len(MAGIC) + 8 or data[:len(MAGIC)] != MAGIC:
+        raise fail("not a Deep Compression file (bad magic or too short)")
+    (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+    start = len(MAGIC) + 4
+    try:
+        header = json.loads(data[start:start + hlen])
+        sizes = [int(s) for s in header["blobs"]]
+    except (ValueError, KeyError, TypeError):
+        raise fail("truncated or corrupted header") from None
+    expected = start + hlen + sum(sizes) + 4
+    if len(data) != expected:
+        raise fail(f"truncated or padded: {len(data)} bytes, expected {expected}")
+    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
+        raise fail("checksum mismatch: the file is corrupted")
+    pos, blobs = start + hlen, []
+    for s in sizes:
+        blobs.append(data[pos:pos + s])
+        pos += s
+    out, i = {}, 0
+    try:
+        for e in header["entries"]:
+            b, i = blobs[i:i + e["nblobs"]], i + e["nblobs"]
+            if e["kind"] == "layer":
+                out[e["key"]] = decode_layer(e, b)
+            else:
+                a = np.frombuffer(b[0], dtype=np.dtype(e["dtype"])).reshape(e["shape"])
+                out[e["key"]] = torch.from_numpy(a.copy())
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise fail(f"inconsistent content ({err})") from None
+    return out
+
+
+def report(model: nn.Module, gap_bits: dict) -> list[dict]:
+    """Per-layer rows as Deep Compression's Tables 2/3, plus a `total` row over the whole file.
+
+    weight/index bits are per stored entry (non-zeros plus filler zeros); P+Q is fixed width,
+    P+Q+H Huffman; a layer's rate is 32 bits x weights / bits stored for it with P+Q+H (codes,
+    codebook, Huffman tables); the total rate counts the raw entries too (not the header)."""
+    header, _ = encode_model(model, gap_bits, use_huffman=True)
+    masks = {n: m.weight_mask for n, m in compressed_layers(model) if is_masked(m)}
+    rows, total_bits, total_params = [], 0, 0
+    for e in header["entries"]:
+        numel = math.prod(e["shape"])
+        total_params += numel
+        if e["kind"] != "layer":
+            total_bits += 8 * np.dtype(e["dtype"]).itemsize * numel
+            continue
+        v, g = e["streams"].get("values"), e["streams"].get("gaps")
+        n = v["n"] if v else e["values"]
+        bits = 32 * e.get("codebook", 0) + (8 * v["alphabet"] + v["bits_huffman"] if v else 32 * n)
+        bits += 8 * g["alphabet"] + g["bits_huffman"] if g else 0
+        name = e["key"].removesuffix(".weight")
+        kept = int(masks[name].sum()) if name in masks else numel
+        rows.append({"layer": name, "weights": numel, "kept_pct": 100.0 * kept / numel,
+                     "weight_bits_pq": _width(v["alphabet"]) if v else 32,
+                     "weight_bits_pqh": v["bits_huffman"] / max(n, 1) if v else 32.0,
+                     "index_bits_pq": e.get("gap_bits"),
+                     "index_bits_pqh": g["bits_huffman"] / max(n, 1) if g else None,
+                     "compression": 32 * numel / bits})
+        total_bits += bits
+    rows.append({"layer": "total", "weights": total_params, "kept_pct": None, "weight_bits_pq": None,
+                 "weight_bits_pqh": None, "index_bits_pq": None, "index_bits_pqh": None,
+                 "compression": 32 * total_params / max(total_bits, 1)})
+    return rows

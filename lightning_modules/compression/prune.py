@@ -1,0 +1,252 @@
+"""Magnitude pruning (Han, Pool, Tran & Dally 2015, "Learning both Weights and Connections").
+
+Each pruned layer (Conv2d/Linear) holds a `torch.nn.utils.prune` mask: `weight_orig` is the
+trained parameter, `weight_mask` a 0/1 buffer, and a forward pre-hook sets
+weight = weight_orig * weight_mask, so a pruned weight is exactly zero in every forward pass and
+receives zero gradient (d weight / d weight_orig = mask): it stays zero through retraining and
+export. A layer keeps the weights with
+
+    |w| > q * std(w_kept)      (Han 2015, Sec. 3: quality parameter q times the layer's std), or
+    the (1 - s) n largest |w|  (target sparsity s per layer, exact count, ties by position).
+
+Pruning is monotone: a weight once removed stays removed (new mask = old mask AND new test).
+
+Iterative schedule (`PruneSchedule`): prune at t = start, start + frequency, ..., and at end
+(t in epochs or steps), retraining in between. With a target sparsity the level ramps as AGP
+(Zhu & Gupta 2017, Eq. 1):
+
+    s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3,   t0 = start, n dt = end - start
+
+and with a quality parameter every step prunes at q * std of the surviving weights (Han's
+iterative pruning). start = end is one-shot pruning followed by retraining.
+
+DDP: the masks are computed on every rank and then replaced by rank 0's (`dist.broadcast`), so
+they are identical even if replicas drifted (Lightning's DDP also broadcasts buffers, masks
+included, from rank 0 before each forward).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.utils import parametrize, prune
+
+from ..config_check import ConfigError
+from .swap import quantizable, resolve_skip
+
+INTERVALS = ("epoch", "step")
+
+
+def broadcast_(t: torch.Tensor) -> torch.Tensor:
+    """Overwrite t with rank 0's copy when a process group is running (no-op otherwise)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        buf = t.to(torch.uint8) if t.dtype == torch.bool else t
+        dist.broadcast(buf, src=0)
+        if buf is not t:
+            t.copy_(buf.bool())
+    return t
+
+
+def layers(model: nn.Module, skip: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the Conv2d/Linear layers not in `skip` (names or first/last tokens)."""
+    skipped = resolve_skip(model, skip)
+    return [(n, m) for n, m in quantizable(model) if n not in skipped]
+
+
+def per_layer(value, names: list[str], key: str, lo: float, hi: float) -> dict[str, float]:
+    """A number, a list (one per layer, in order) or {layer name: number} -> {name: number}."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names) - {"default"})
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: not a pruned layer; valid: default, {', '.join(names)}")
+        if "default" not in value and set(value) != set(names):
+            raise ConfigError(f"{key}={dict(value)}: give every layer ({', '.join(names)}) or a default")
+        out = {n: value.get(n, value.get("default")) for n in names}
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != len(names):
+            raise ConfigError(f"{key}={list(value)}: needs {len(names)} values, one per layer "
+                              f"({', '.join(names)})")
+        out = dict(zip(names, value))
+    else:
+        out = {n: value for n in names}
+    for n, v in out.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise ConfigError(f"{key}={v} (layer {n}): must be a number in [{lo}, {hi}]")
+    return {n: float(v) for n, v in out.items()}
+
+
+@torch.no_grad()
+def magnitude_mask(w: torch.Tensor, old: torch.Tensor | None = None, sparsity: float | None = None,
+                   quality: float | None = None) -> torch.Tensor:
+    """0/1 mask (w's dtype) keeping the largest |w| among the weights `old` still keeps."""
+    old = torch.ones_like(w, dtype=torch.bool) if old is None else old.bool()
+    mag = (w * old).abs().flatten()
+    if quality is not None:
+        kept = w[old]
+        thr = quality * kept.std() if kept.numel() > 1 else mag.new_tensor(0.0)
+        keep = (mag > thr) & old.flatten()
+    else:
+        n_keep = w.numel() - round(sparsity * w.numel())
+        keep = torch.zeros_like(mag, dtype=torch.bool)
+        keep[torch.topk(mag, n_keep, sorted=False).indices] = True  # exact count
+        keep &= old.flatten()
+    return keep.view_as(w).to(w.dtype)
+
+
+def is_masked(module: nn.Module) -> bool:
+    """This module itself holds a prune mask (prune.is_pruned also looks at submodules)."""
+    return any(isinstance(h, prune.BasePruningMethod) for h in module._forward_pre_hooks.values())
+
+
+def weight_param(module: nn.Module) -> torch.Tensor:
+    """The trained weight before the mask (weight_orig when pruned, else weight)."""
+    return module.weight_orig if is_masked(module) else module.weight
+
+
+@torch.no_grad()
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the forward pass uses now (mask and weight sharing applied)."""
+    w = weight_param(module)
+    return w * module.weight_mask if is_masked(module) else w
+
+
+def install_masks(model: nn.Module, skip: Sequence[str] = ()) -> list[str]:
+    """All-ones masks on the chosen layers (structure first, so the parameters never change)."""
+    names = []
+    for name, m in layers(model, skip):
+        if not is_masked(m):
+            prune.identity(m, "weight")
+        names.append(name)
+    return names
+
+
+@torch.no_grad()
+def prune_layer(module: nn.Module, sparsity: float | None = None, quality: float | None = None):
+    """Tighten the layer's mask to `sparsity` (or quality * std); pruned weights set to zero."""
+    if not is_masked(module):
+        prune.identity(module, "weight")
+    w = weight_param(module)
+    mask = magnitude_mask(w, module.weight_mask, sparsity, quality)
+    module.weight_mask.copy_(broadcast_(mask))
+    if not parametrize.is_parametrized(module, "weight_orig"):
+        module.weight_orig.mul_(module.weight_mask)
+    module.weight = module.weight_orig * module.weight_mask  # as the hook will, for use now
+
+
+def agp(t: int, start: int, end: int, s_i: float, s_f: float) -> float:
+    """AGP sparsity at time t (Zhu & Gupta 2017): cubic ramp from s_i at start to s_f at end."""
+    if t >= end:
+        return s_f
+    if t <= start:
+        return s_i if end > start else s_f
+    return s_f + (s_i - s_f) * (1.0 - (t - start) / (end - start)) ** 3
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Make the reparametrized layers plain again in place (weight = what the forward uses)."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m):
+            for tensor_name in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, tensor_name, leave_parametrized=True)
+        if is_masked(m):
+            prune.remove(m, "weight")
+    return model
+
+
+def _plain_key(key: str) -> tuple[str, str] | None:
+    """State-dict key of a reparametrized model -> (module name, plain tensor name), None for
+    a prune mask, ("", "") for an ordinary entry."""
+    dotted = "." + key
+    if ".parametrizations." in dotted:
+        prefix, rest = dotted.split(".parametrizations.", 1)
+        mod, tensor = prefix[1:], rest.split(".")[0]
+    else:
+        mod, _, tensor = key.rpartition(".")
+        if tensor == "weight_mask":
+            return None
+        if tensor != "weight_orig":
+            return "", ""
+    return mod, "weight" if tensor == "weight_orig" else tensor
+
+
+@torch.no_grad()
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict the model would have without masks and parametrizations (model untouched):
+    `<layer>.weight` = the weight the forward pass uses, everything else as it is."""
+    mods, out = dict(model.named_modules()), {}
+    for key, v in model.state_dict().items():
+        where = _plain_key(key)
+        if where is None:
+            continue
+        if where == ("", ""):
+            out[key] = v.detach()
+            continue
+        mod, tensor = where
+        plain = f"{mod}.{tensor}" if mod else tensor
+        if plain not in out:
+            m = mods[mod]
+            out[plain] = (effective_weight(m) if tensor == "weight" and is_masked(m)
+                          else getattr(m, tensor)).detach()
+    return out
+
+
+def nonzero_params(model: nn.Module) -> int:
+    """Parameters left after pruning: non-zero entries of the parameters the forward pass uses
+    (weights after masks and sharing, biases, BatchNorm affine)."""
+    plain = plain_state_dict(model)
+    names = set()
+    for key, _ in model.named_parameters():
+        where = _plain_key(key)
+        names.add(key if where == ("", "") else ".".join(p for p in where if p))
+    return int(sum(int(torch.count_nonzero(plain[n])) for n in names))
+
+
+class PruneSchedule:
+    """Which layers to prune, how much, and when (pure torch; the Lightning callback calls it).
+
+    sparsity / quality: per layer (see `per_layer`), exactly one of them; interval: epoch | step;
+    start, end, frequency: in that interval; initial_sparsity: s_i of the AGP ramp."""
+
+    def __init__(self, sparsity=None, quality=None, skip: Sequence[str] = (), interval: str = "epoch",
+                 start: int = 0, end: int = 0, frequency: int = 1, initial_sparsity: float = 0.0,
+                 prefix: str = "method"):
+        if (sparsity is None) == (quality is None):
+            raise ConfigError(f"{prefix}.sparsity={sparsity}, {prefix}.quality={quality}: "
+                              "set exactly one of them")
+        if interval not in INTERVALS:
+            raise ConfigError(f"{prefix}.interval={interval}: valid: {', '.join(INTERVALS)}")
+        for key, v, lo in (("start", start, 0), ("end", end, start), ("frequency", frequency, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{prefix}.{key}={v}: must be an integer >= {lo}")
+        per_layer(initial_sparsity, ["all"], f"{prefix}.initial_sparsity", 0.0, 1.0)
+        self.sparsity, self.quality, self.skip = sparsity, quality, list(skip)
+        self.interval, self.start, self.end, self.frequency = interval, start, end, frequency
+        self.initial_sparsity, self.prefix = float(initial_sparsity), prefix
+        self.targets: dict[str, float] = {}
+
+    def install(self, model: nn.Module) -> nn.Module:
+        names = [n for n, _ in layers(model, self.skip)]
+        value, key = ((self.sparsity, "sparsity") if self.sparsity is not None
+                      else (self.quality, "quality"))
+        self.targets = per_layer(value, names, f"{self.prefix}.{key}", 0.0,
+                                 1.0 if key == "sparsity" else 100.0)
+        install_masks(model, self.skip)
+        return model
+
+    def due(self, t: int) -> bool:
+        return t == self.end or (self.start <= t < self.end and (t - self.start) % self.frequency == 0)
+
+    def step(self, model: nn.Module, t: int, interval: str) -> bool:
+        """Prune if time t (in `interval` units) is on the schedule; True if it pruned."""
+        if interval != self.interval or not self.due(t):
+            return False
+        mods = dict(model.named_modules())
+        for name, target in self.targets.items():
+            if self.quality is not None:
+                prune_layer(mods[name], quality=target)
+            else:
+                prune_layer(mods[name], sparsity=agp(t, self.start, self.end,
+                                                     min(self.initial_sparsity, target), target))
+        return True
