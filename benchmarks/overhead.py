@@ -30,10 +30,13 @@ from lightning_modules.run import build_datamodule, build_module
 REPO = Path(__file__).resolve().parents[1]
 
 
-def config(batch_size: int, epochs: int):
+def config(batch_size: int | None, epochs: int):
+    """The harness config for LeNet-300-100; batch_size None keeps conf/'s data.batch_size."""
+    overrides = ["model=lenet300", f"trainer.max_epochs={epochs}"]
+    if batch_size:
+        overrides.append(f"data.batch_size={batch_size}")
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=["model=lenet300", f"data.batch_size={batch_size}",
-                                            f"trainer.max_epochs={epochs}"])
+        return compose("config", overrides=overrides)
 
 
 def raw_loop(cfg, dm, warmup: int) -> float:
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
-    cfg = config(args.batch_size or config(1, 1).data.batch_size, args.epochs)
+    cfg = config(args.batch_size, args.epochs)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
