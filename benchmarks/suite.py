@@ -25,6 +25,18 @@ from lightning_modules.record import config_hash, read_record, write_json_atomic
 REPO = Path(__file__).resolve().parents[1]
 
 
+def expand(run: list[str]) -> list[list[str]]:
+    """Hydra multirun syntax inside a suite: `bits.w=1,2,4` sweeps; the product over all keys.
+
+    [method=dorefa, "bits.w=1,2", "bits.a=2,4"] -> 4 override lists, in `train.py -m` order."""
+    out = [[]]
+    for ov in run:
+        key, sep, value = ov.partition("=")
+        values = value.split(",") if sep and "," in value and not value.startswith(("[", "'", '"')) else None
+        out = [o + [f"{key}={v}"] for o in out for v in values] if values else [o + [ov] for o in out]
+    return out
+
+
 def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list[dict]]:
     """The suite's config and, per run, its overrides, config_hash and record path."""
     if name not in choices("suite"):
@@ -32,7 +44,7 @@ def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         suite = compose("config", overrides=[f"suite={name}"]).suite
         runs = []
-        for run in suite.runs:
+        for run in (r for spec in suite.runs for r in expand(list(spec))):
             overrides = normalize_overrides(
                 [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"])
             check_overrides(overrides)
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if records:
         out = Path(args.tables_dir) if args.tables_dir else Path(args.results_dir) / "tables"
         paths = tables.write(args.suite, suite.get("description", ""), records, out,
-                             reference_table=suite.get("reference"))
+                             reference_table=suite.get("reference"), pivot=suite.get("pivot"))
         print(f"table: {paths['md']} (+ .csv, .html)")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

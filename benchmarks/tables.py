@@ -113,6 +113,19 @@ def reference(table: str, csv_path: Path = REFERENCE_CSV) -> pd.DataFrame:
     })
 
 
+def pivot_tables(df: pd.DataFrame, rows: str = "bits_w", cols: str = "bits_a",
+                 value: str = "top1") -> dict[str, pd.DataFrame]:
+    """Per method: `value` with `rows` down and `cols` across (a W x A table of P@1)."""
+    out = {}
+    for method, g in df[df.status == "ok"].groupby("method", sort=False):
+        t = g.pivot_table(index=rows, columns=cols, values=value, aggfunc="last").sort_index()
+        t = t[sorted(t.columns)].map(_pct)
+        t.index = [f"W{w}" for w in t.index]
+        t.columns = [f"A{a}" for a in t.columns]
+        out[str(g.get("method_label", g.method).iloc[0] or method)] = t
+    return out
+
+
 def _header(name: str, description: str, df: pd.DataFrame) -> list[str]:
     hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
     shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
@@ -124,7 +137,7 @@ def _header(name: str, description: str, df: pd.DataFrame) -> list[str]:
 
 
 def write(name: str, description: str, records: list[dict], out_dir: Path,
-          reference_table: str | None = None) -> dict[str, Path]:
+          reference_table: str | None = None, pivot: dict | None = None) -> dict[str, Path]:
     """Write <out_dir>/<name>.md, .csv and .html; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +148,10 @@ def write(name: str, description: str, records: list[dict], out_dir: Path,
     ref = reference(reference_table) if reference_table else pd.DataFrame()
     head = _header(name, description, df)
     md = [f"# {name}", "", *[h + "  " for h in head], "", shown.to_markdown(index=False), ""]
+    pivots = pivot_tables(df, **pivot) if pivot else {}
+    for label_, t in pivots.items():
+        md += [f"{label_}: {pivot.get('value', 'top1')} by {pivot.get('rows', 'bits_w')} (rows) and "
+               f"{pivot.get('cols', 'bits_a')} (columns)", "", t.to_markdown(), ""]
     if not ref.empty:
         md += [f"Published reference (`{reference_table}` in benchmarks/reference/paper_numbers.csv):", "",
                ref.to_markdown(index=False), ""]
@@ -143,6 +160,8 @@ def write(name: str, description: str, records: list[dict], out_dir: Path,
     df.to_csv(paths["csv"], index=False)
     body = [f"<h1>{html.escape(name)}</h1>", *[f"<p>{html.escape(h)}</p>" for h in head],
             shown.to_html(index=False, border=0, classes="results")]
+    for label_, t in pivots.items():
+        body += [f"<h2>{html.escape(label_)}</h2>", t.to_html(border=0, classes="pivot")]
     if not ref.empty:
         body += [f"<h2>Published reference ({html.escape(reference_table)})</h2>",
                  ref.to_html(index=False, border=0, classes="reference")]

@@ -26,8 +26,10 @@ def test_every_yaml_composes(hydra_ctx, group, choice):
         assert cfg[group].name == choice
     if group == "suite":
         assert cfg.suite.name == choice
-        for run in cfg.suite.runs:  # every run of a suite composes too
-            compose("config", overrides=normalize_overrides([*cfg.suite.common, *run]))
+        from benchmarks.suite import expand
+        for spec in cfg.suite.runs:  # every run of a suite composes too
+            for run in expand(list(spec)):
+                compose("config", overrides=normalize_overrides([*cfg.suite.common, *run]))
 
 
 @pytest.mark.parametrize("model", choices("model"))

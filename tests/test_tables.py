@@ -56,3 +56,23 @@ def test_three_files_written(tmp_path):
 def test_no_records_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no records"):
         tables.write("t", "", [], tmp_path)
+
+
+def test_pivot_is_w_by_a_per_method(tmp_path):
+    recs = [rec("lenet5", "32", 10.0, 2.0, 0.5 + 0.01 * w + 0.001 * a, method="dorefa", bits=(w, a, 32),
+                method_label="DoReFa-Net") for w in (1, 2, 32) for a in (2, 32)]
+    recs.append(rec("lenet5", "32", 10.0, 2.0, 0.7, method="lqnet", bits=(2, 2, 32), method_label="LQ-Nets"))
+    piv = tables.pivot_tables(tables.frame(recs))
+    assert list(piv) == ["DoReFa-Net", "LQ-Nets"]
+    d = piv["DoReFa-Net"]
+    assert list(d.index) == ["W1", "W2", "W32"] and list(d.columns) == ["A2", "A32"]
+    assert d.loc["W2", "A32"] == "55.20%" and piv["LQ-Nets"].loc["W2", "A2"] == "70.00%"
+    md = tables.write("sweep", "", recs, tmp_path, pivot={"rows": "bits_w", "cols": "bits_a"})["md"].read_text()
+    assert "DoReFa-Net: top1 by bits_w (rows) and bits_a (columns)" in md and "| W32 " in md
+
+
+def test_suite_runs_expand_like_hydra_multirun():
+    from benchmarks.suite import expand
+    assert expand(["method=dorefa", "bits.w=1,2", "bits.a=2,4", "seed=0"]) == [
+        ["method=dorefa", f"bits.w={w}", f"bits.a={a}", "seed=0"] for w in (1, 2) for a in (2, 4)]
+    assert expand(["data.root=/x", "tags=[a,b]"]) == [["data.root=/x", "tags=[a,b]"]]
