@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,6 +93,8 @@ def run(cfg: DictConfig) -> dict:
     meter = ThroughputMeter(cfg.measure.warmup_steps)
 
     log.info("run dir   %s", run_dir)
+    # the highest folder this run creates: removed again if the config turns out to be bad
+    created = next((d for d in reversed([run_dir, *run_dir.parents]) if not d.exists()), None)
     run_dir.mkdir(parents=True, exist_ok=True)
     logger = instantiate(cfg.logger)
     if hasattr(logger, "log_hyperparams"):
@@ -133,6 +136,12 @@ def run(cfg: DictConfig) -> dict:
             "compute_dtype": module.compute_dtype, "loss_scale": loss_scale(plugin),
             "world_size": trainer.world_size,
         })
+    except ConfigError:
+        # a config the method rejects once training starts (e.g. a schedule longer than the run):
+        # bad input, so nothing is left behind
+        if created is not None and trainer.is_global_zero:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     except BaseException as e:
         record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
         if trainer.is_global_zero:

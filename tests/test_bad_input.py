@@ -16,6 +16,7 @@ CASES = [
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be an integer >= 1"),
     (["method=xnor", "bits=w1a2g6"], "bits.a=2: not valid for method xnor; valid: 1"),
     (["method=dorefa", "bits.g=0"], "bits.g=0: must be an integer in 1..32"),
+    (["method=prune", "trainer.max_epochs=1"], "method.prune.end=1: must be < trainer.max_epochs=1"),
     (["data.root=/no/such/dir"], "data.root=/no/such/dir: no such directory"),
     (["trainer.no_such_key=1"], "trainer.no_such_key=1: unknown key; valid keys under trainer: accelerator"),
 ]
