@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if records:
         out = Path(args.tables_dir) if args.tables_dir else Path(args.results_dir) / "tables"
         paths = tables.write(args.suite, suite.get("description", ""), records, out,
-                             reference_table=suite.get("reference"), pivot=suite.get("pivot"))
+                             reference_table=suite.get("reference"), pivot=suite.get("pivot"),
+                             plot=bool(suite.get("plot", False)), kind=suite.get("table", "quant"))
         print(f"table: {paths['md']} (+ .csv, .html)")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

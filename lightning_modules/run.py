@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -64,6 +65,17 @@ def build_module(cfg: DictConfig, dm) -> CompressionModule:
         scheduler_interval=sched.interval)
 
 
+def count_flops(net: torch.nn.Module, dm) -> int:
+    """Forward FLOPs of one sample at the run's input size (torch.utils.flop_counter; a
+    multiply-add counts 2), counted on a CPU copy so the trained net is untouched."""
+    from torch.utils.flop_counter import FlopCounterMode
+    net = copy.deepcopy(net).cpu().float().eval()
+    x = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    return int(counter.get_total_flops())
+
+
 def _size(path: Path) -> int:
     return path.stat().st_size
 
@@ -113,6 +125,8 @@ def run(cfg: DictConfig) -> dict:
         log.info("fit       %s epochs", cfg.trainer.max_epochs)
         trainer.fit(module, datamodule=dm)
         diverged = module.diverged
+        # the trained structure made physical (filter pruning drops masked channels) on every rank
+        module.net = module.method.finalize(module.net)
         if not diverged:
             log.info("test      official test set")
             trainer.test(module, datamodule=dm, verbose=False)
@@ -132,7 +146,10 @@ def run(cfg: DictConfig) -> dict:
             "footprint_bytes": _size(model_file) if trainer.is_global_zero else None,
             "checkpoint_bytes": _size(ckpt) if trainer.is_global_zero else None,
             "model_file": str(model_file), "checkpoint_file": str(ckpt),
+            "params": sum(p.numel() for p in module.net.parameters()),
             "nonzero_params": nonzero_params(module.net),
+            "flops": count_flops(module.net, dm),
+            "layers": module.method.report(module.net),
             "compute_dtype": module.compute_dtype, "loss_scale": loss_scale(plugin),
             "world_size": trainer.world_size,
         })

@@ -71,6 +71,54 @@ def test_pivot_is_w_by_a_per_method(tmp_path):
     assert "DoReFa-Net: top1 by bits_w (rows) and bits_a (columns)" in md and "| W32 " in md
 
 
+def test_pareto_front_by_hand():
+    # (footprint, top1): b is beaten by a (smaller and better), d by c; e is the best overall
+    pts = [(10, 0.80), (20, 0.79), (30, 0.85), (40, 0.84), (50, 0.90)]
+    assert tables.pareto(pts) == [0, 2, 4]
+    assert tables.pareto([(5, 0.5), (5, 0.6)]) == [1]  # same size: only the better one
+
+
+def test_footprint_plot_written_and_linked(tmp_path):
+    recs = [rec("lenet5", "32", 10.0, 2.0, 0.5 + 0.01 * w, method="dorefa", bits=(w, 2, 32),
+                method_label="DoReFa-Net", footprint_bytes=1000 * w) for w in (1, 2, 4)]
+    paths = tables.write("sweep", "", recs, tmp_path, plot=True)
+    png = paths["png"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert f"]({png.name})" in paths["md"].read_text()
+    assert f"src='{png.name}'" in paths["html"].read_text()
+    assert "png" not in tables.write("sweep2", "", recs, tmp_path)  # off unless the suite asks
+
+
+def test_compression_table_rates_against_the_models_ref(tmp_path):
+    ref = rec("lenet300", "32", 100.0, 20.0, 0.90, params=266_610, footprint_bytes=1_070_000,
+              nonzero_params=266_610, flops=532_000)
+    pruned = rec("lenet300", "32", 90.0, 30.0, 0.8960, method="prune", method_label="Pruned",
+                 params=266_610, nonzero_params=22_218, footprint_bytes=107_000, flops=532_000,
+                 top5=0.995)
+    layers = [{"layer": "net.1", "weights": 235_200, "kept_pct": 8.0, "weight_bits_pq": 5,
+               "weight_bits_pqh": 4.4, "index_bits_pq": 5, "index_bits_pqh": 3.7, "compression": 31.9},
+              {"layer": "total", "weights": 266_610, "kept_pct": None, "weight_bits_pq": None,
+               "weight_bits_pqh": None, "index_bits_pq": None, "index_bits_pqh": None,
+               "compression": 40.2}]
+    dc = rec("lenet300", "32", 80.0, 20.0, 0.8955, method="deep_compression", method_label="Compressed",
+             params=266_610, nonzero_params=22_218, footprint_bytes=26_750, layers=layers)
+    df = tables.frame([ref, pruned, dc])
+    t = tables.display_compression(df)
+    assert list(t.columns) == tables.COMPRESSION_COLUMNS
+    assert list(t.Network) == ["lenet300 Ref", "lenet300 Pruned", "lenet300 Compressed"]
+    assert list(t["Top-1 Error"]) == ["10.00%", "10.40%", "10.45%"]
+    assert list(t["Compress. rate"]) == ["1.0×", "12.0×", "12.0×"]  # 266,610 / 22,218
+    assert list(t["File rate"]) == ["1.0×", "10.0×", "40.0×"]      # 1,070,000 / 26,750
+    assert t["Test ×FP32"].iloc[1] == "1.50×" and t["Parameters"].iloc[1] == "22.22K"
+    paths = tables.write("deep_compression", "d", [ref, pruned, dc], tmp_path,
+                         reference_table="deep_compression", kind="compression")
+    md = paths["md"].read_text()
+    assert "Per layer, lenet300 Compressed" in md and "| net.1 " in md and "40.2×" in md
+    assert "LeNet-5 Compressed" in md and "39×" in md  # the paper's rows beside ours
+    with pytest.raises(ValueError, match="table='pivot'"):
+        tables.write("x", "", [ref], tmp_path, kind="pivot")
+
+
 def test_suite_runs_expand_like_hydra_multirun():
     from benchmarks.suite import expand
     assert expand(["method=dorefa", "bits.w=1,2", "bits.a=2,4", "seed=0"]) == [

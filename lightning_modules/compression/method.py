@@ -6,6 +6,9 @@ offers four hooks that the single LightningModule calls:
 - `apply(model) -> model`        swap layers, add masks, ... (before training)
 - `callbacks() -> list`          Lightning callbacks: schedules (pruning ramp, k-means step)
 - `loss(logits, target, batch)`  extra or replacement loss (distillation); None = cross-entropy
+- `finalize(model) -> model`     after training, before testing and export: make the trained
+  structure physical (filter pruning removes the masked channels); the default is the identity
+- `report(model) -> rows | None` per-layer rows for the suite's per-layer table (Deep Compression)
 - `export(model, path)`          write the deployable file; `footprint_bytes` is its size.
   `load(model, path)` rebuilds the model from it with identical predictions.
 
@@ -32,6 +35,12 @@ class Method:
         return []
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch) -> torch.Tensor | None:
+        return None
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def report(self, model: nn.Module) -> list[dict] | None:
         return None
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
@@ -70,6 +79,14 @@ class Compose(Method):
             if out is not None:
                 return out
         return None
+
+    def finalize(self, model):
+        for m in self.methods:
+            model = m.finalize(model)
+        return model
+
+    def report(self, model):
+        return next((r for m in reversed(self.methods) if (r := m.report(model)) is not None), None)
 
     def export(self, model, path):
         return self.methods[-1].export(model, path) if self.methods else super().export(model, path)

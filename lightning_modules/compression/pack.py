@@ -6,7 +6,9 @@ uses, W_q = weight_quant(W) in eval mode, is factored into codes and a codebook:
 - per-row (per output channel) codebook: row c takes L_c distinct values; codes are the value's
   rank in its row, at b = ceil(log2 max_c L_c) bits (XNOR/BWN: b = 1, a codebook {-a_c, +a_c});
 - or one codebook for the tensor (DoReFa, TWN, TTQ, pow2), whichever file is smaller;
-- a codebook symmetric about 0 ({-a, ..., a}, e.g. alpha * {-1, +1}) stores its positive half.
+- a codebook symmetric about 0 ({-a, ..., a}, e.g. alpha * {-1, +1}) stores its positive half;
+- raw float32 when no code is smaller (a layer that is not quantized at eval time, e.g.
+  stochastic BinaryConnect's real-valued test-time weights).
 
 Codes are packed MSB-first, 8 one-bit codes per byte (`numpy.packbits`), k-bit codes as k bit
 planes -> ceil(n k / 8) bytes. All codes share one uint8 tensor and all float32 values (codebooks,
@@ -77,13 +79,17 @@ def encode(w: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, dict]:
         stored, sym = _halve(table)
         bits = _bits(table.shape[1])
         options.append((w2d.numel() * bits + 32 * stored.numel(), codes, table, stored, sym, bits))
-    _, codes, table, stored, sym, bits = min(options, key=lambda o: o[0])
+    cost, codes, table, stored, sym, bits = min(options, key=lambda o: o[0])
+    if cost >= 32 * w2d.numel():  # not quantized at eval (stochastic BC's real weights): raw float32
+        return np.zeros(0, np.uint8), w2d.reshape(-1), {"shape": list(w.shape), "raw": True}
     meta = {"shape": list(w.shape), "bits": bits, "rows": table.shape[0],
             "levels": table.shape[1], "symmetric": sym}
     return pack_bits(codes.numpy(), bits), stored.reshape(-1), meta
 
 
 def decode(packed: np.ndarray, stored: torch.Tensor, meta: dict) -> torch.Tensor:
+    if meta.get("raw"):
+        return stored.reshape(meta["shape"]).clone()
     rows, levels, shape = meta["rows"], meta["levels"], meta["shape"]
     table = stored.reshape(rows, -1)
     if meta["symmetric"]:
@@ -158,8 +164,9 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def payload(path: str | Path) -> dict:
-    """Bytes by kind in a packed file: codes, codebooks, other float32 values, the file."""
+    """Bytes by kind in a packed file: codes, codebooks, other float32 values (raw layers
+    included), the file."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    table = sum(m["table"][1] for m in blob["layers"]) * 4
+    table = sum(m["table"][1] for m in blob["layers"] if not m.get("raw")) * 4
     return {"codes": blob["codes"].numel(), "codebooks": table,
             "floats": blob["floats"].numel() * 4 - table, "file": Path(path).stat().st_size}

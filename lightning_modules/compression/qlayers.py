@@ -9,6 +9,11 @@
   (`quantizers.xnor_scale`); y = (x_q conv W_q) * K + bias. None = full precision.
 - `grad_quant(y) -> y`: identity forward, quantizes the gradient of the layer output in the
   backward pass (DoReFa's `fg`), so dW, dx and db are all computed from it. None = exact.
+- `input_bn=True`: a BatchNorm over the input channels runs first, so the layer is XNOR-Net's
+  block BatchNorm -> BinActiv -> BinConv (a pooling layer after it completes the paper's order);
+  BNN and DoReFa nets likewise normalise before the sign / the [0, 1] clip. Default False.
+  A QLinear fed by a flattened conv map takes `input_bn=C` (its channel count): the BatchNorm is
+  per channel of the map (`ChannelBatchNorm`), as BatchNorm2d before the flatten.
 - `weight_clip=(lo, hi)`: `clip_()` clamps the latent weight into it (BinaryConnect, BNN clip
   to [-1, 1] after every optimizer step; a callback calls clip_).
 
@@ -32,8 +37,17 @@ class QuantMixin:
     """The role plumbing shared by QConv2d and QLinear."""
 
     def _set_quant(self, weight_quant: Quant, act_quant: Quant, grad_quant: Quant,
-                   weight_clip: tuple[float, float] | None) -> None:
+                   weight_clip: tuple[float, float] | None, input_bn: bool | None) -> None:
         self.weight_quant, self.act_quant, self.grad_quant = weight_quant, act_quant, grad_quant
+        self.input_bn = None
+        if isinstance(input_bn, bool) or input_bn is None:
+            input_bn = bool(input_bn)
+        if isinstance(self, nn.Conv2d) and input_bn:
+            self.input_bn = nn.BatchNorm2d(self.in_channels, device=self.weight.device)
+        elif input_bn is True:
+            self.input_bn = nn.BatchNorm1d(self.in_features, device=self.weight.device)
+        elif input_bn:  # an int: the input is a flattened map of that many channels
+            self.input_bn = ChannelBatchNorm(int(input_bn), self.in_features, self.weight.device)
         self.weight_clip = None if weight_clip is None else tuple(float(v) for v in weight_clip)
 
     def quantized_weight(self) -> torch.Tensor:
@@ -41,6 +55,8 @@ class QuantMixin:
         return self.weight if self.weight_quant is None else self.weight_quant(self.weight)
 
     def _quant_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.input_bn is not None:
+            x = self.input_bn(x)
         if self.act_quant is None:
             return x, None
         out = self.act_quant(x)
@@ -61,7 +77,8 @@ class QuantMixin:
 
     @classmethod
     def _roles(cls, kwargs: dict) -> dict:
-        return {k: kwargs.pop(k, None) for k in ("weight_quant", "act_quant", "grad_quant", "weight_clip")}
+        return {k: kwargs.pop(k, None) for k in ("weight_quant", "act_quant", "grad_quant", "weight_clip",
+                                            "input_bn")}
 
     def _quant_repr(self) -> str:
         def name(q):
@@ -72,6 +89,23 @@ class QuantMixin:
         if self.weight_clip is not None:
             parts.append(f"weight_clip={self.weight_clip}")
         return ", ".join(parts)
+
+
+class ChannelBatchNorm(nn.BatchNorm1d):
+    """BatchNorm of a flattened (N, C*H*W) conv map per channel C, as BatchNorm2d before the
+    flatten would (a conv net's normalisation, C floats of state instead of C*H*W)."""
+
+    def __init__(self, channels: int, features: int, device=None):
+        if features % channels:
+            raise ValueError(f"{features} features are not a map of {channels} channels")
+        super().__init__(channels, device=device)
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(x.shape[0], self.num_features, -1)).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, features={self.features}"
 
 
 class QConv2d(QuantMixin, nn.Conv2d):
@@ -135,4 +169,6 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> None:
     dst.weight.copy_(src.weight)
     if src.bias is not None:
         dst.bias.copy_(src.bias)
+    if dst.input_bn is not None:
+        dst.input_bn.to(src.weight.dtype)
     dst.train(src.training)

@@ -68,10 +68,14 @@ class QuantMethod(Method):
     VALID: dict[str, Sequence[int]] = {"w": FULL, "a": FULL, "g": FULL}
     weight_clip: tuple[float, float] | None = None
 
-    def __init__(self, name: str, bits: Mapping, skip: Sequence[str] = TOKENS):
+    def __init__(self, name: str, bits: Mapping, skip: Sequence[str] = TOKENS,
+                 input_bn: bool = False):
         super().__init__(name)
         self.bits = check_bits(name, bits, self.VALID)
         self.skip = list(skip)
+        if not isinstance(input_bn, bool):
+            raise ConfigError(f"method.input_bn={input_bn}: must be true or false")
+        self.input_bn = input_bn
 
     # roles: each returns a quantizer (callable or module) for this layer, or None
     def weight_quant(self, layer: nn.Module):
@@ -83,14 +87,16 @@ class QuantMethod(Method):
     def grad_quant(self, layer: nn.Module):
         return None
 
-    def _swap(self, name: str, layer: nn.Module) -> nn.Module:
+    def _swap(self, name: str, layer: nn.Module, channels: dict[str, int]) -> nn.Module:
         cls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
+        bn = channels.get(name, True) if self.input_bn else False
         return cls.from_float(layer, weight_quant=self.weight_quant(layer),
                               act_quant=self.act_quant(layer), grad_quant=self.grad_quant(layer),
-                              weight_clip=self.weight_clip)
+                              weight_clip=self.weight_clip, input_bn=bn)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        model = swap_modules(model, self._swap, self.skip)
+        channels = map_channels(model)
+        model = swap_modules(model, partial(self._swap, channels=channels), self.skip)
         for m in model.modules():
             if isinstance(m, QLayer):
                 m.clip_()
@@ -115,6 +121,19 @@ class QuantMethod(Method):
         return f"{type(self).__name__}(W{b['w']}A{b['a']}G{b['g']}, skip={self.skip})"
 
 
+def map_channels(model: nn.Module) -> dict[str, int]:
+    """Linear layers whose input is a flattened conv map -> the map's channel count: the
+    out_channels C of the last Conv2d registered before the layer, when C divides in_features
+    (LeNet-5's ip1: 800 = 50 x 4 x 4; a ResNet's fc after global pooling: C = in_features)."""
+    out, last = {}, None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            last = m.out_channels
+        elif isinstance(m, nn.Linear) and last and m.in_features % last == 0:
+            out[name] = last
+    return out
+
+
 def _chan_dim(layer: nn.Module) -> int:
     return 1 if isinstance(layer, nn.Conv2d) else -1
 
@@ -126,12 +145,15 @@ class BinaryConnect(QuantMethod):
     VALID = {"w": (1,), "a": (32,), "g": (32,)}
     weight_clip = (-1.0, 1.0)
 
-    def __init__(self, bits, skip=TOKENS, stochastic: bool = False, name: str = "binaryconnect"):
-        super().__init__(name, bits, skip)
-        self.stochastic = stochastic
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False,
+                 stochastic: bool = False, test_time: str = "real", name: str = "binaryconnect"):
+        super().__init__(name, bits, skip, input_bn)
+        if test_time not in ("real", "binary"):
+            raise ConfigError(f"method.test_time={test_time}: valid: real, binary")
+        self.stochastic, self.test_time = stochastic, test_time
 
     def weight_quant(self, layer):
-        return Q.StochasticSign() if self.stochastic else Q.ste_sign
+        return Q.StochasticSign(self.test_time) if self.stochastic else Q.ste_sign
 
 
 class BNN(QuantMethod):
@@ -141,8 +163,8 @@ class BNN(QuantMethod):
     VALID = {"w": (1,), "a": (1,), "g": (32,)}
     weight_clip = (-1.0, 1.0)
 
-    def __init__(self, bits, skip=TOKENS, name: str = "bnn"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "bnn"):
+        super().__init__(name, bits, skip, input_bn)
 
     def weight_quant(self, layer):
         return Q.bnn_sign
@@ -156,8 +178,8 @@ class BWN(QuantMethod):
 
     VALID = {"w": (1,), "a": (32,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, name: str = "bwn"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "bwn"):
+        super().__init__(name, bits, skip, input_bn)
 
     def weight_quant(self, layer):
         return Q.bwn_weight
@@ -168,8 +190,8 @@ class XNOR(BWN):
 
     VALID = {"w": (1,), "a": (1,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, name: str = "xnor"):
-        QuantMethod.__init__(self, name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "xnor"):
+        QuantMethod.__init__(self, name, bits, skip, input_bn)
 
     def act_quant(self, layer):
         return partial(Q.xnor_input, dim=_chan_dim(layer))
@@ -179,8 +201,8 @@ class DoReFa(QuantMethod):
     """DoReFa-Net (Zhou et al. 2016): k_w-bit weights, k_a-bit activations in [0, 1], k_g-bit
     gradients of each layer's output (stochastic rounding, per-sample max)."""
 
-    def __init__(self, bits, skip=TOKENS, name: str = "dorefa"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "dorefa"):
+        super().__init__(name, bits, skip, input_bn)
 
     def weight_quant(self, layer):
         return None if self.bits["w"] == 32 else partial(Q.dorefa_weight, k=self.bits["w"])
@@ -197,8 +219,8 @@ class TWN(QuantMethod):
 
     VALID = {"w": (2,), "a": (32,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, name: str = "twn"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "twn"):
+        super().__init__(name, bits, skip, input_bn)
 
     def weight_quant(self, layer):
         return Q.twn_weight
@@ -209,8 +231,9 @@ class TTQ(QuantMethod):
 
     VALID = {"w": (2,), "a": (32,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, threshold: float = 0.05, name: str = "ttq"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False,
+                 threshold: float = 0.05, name: str = "ttq"):
+        super().__init__(name, bits, skip, input_bn)
         self.threshold = threshold
 
     def weight_quant(self, layer):
@@ -223,8 +246,8 @@ class Pow2(QuantMethod):
 
     VALID = {"w": range(2, 9), "a": FULL, "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, name: str = "pow2"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "pow2"):
+        super().__init__(name, bits, skip, input_bn)
 
     def weight_quant(self, layer):
         return partial(Q.pow2_weight, levels=2 ** (self.bits["w"] - 1) - 2)
@@ -239,8 +262,8 @@ class Uniform(QuantMethod):
 
     VALID = {"w": FULL, "a": FULL, "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, name: str = "uniform"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "uniform"):
+        super().__init__(name, bits, skip, input_bn)
 
     def weight_quant(self, layer):
         return None if self.bits["w"] == 32 else partial(Q.uniform_weight, k=self.bits["w"])
@@ -255,8 +278,9 @@ class LQNet(QuantMethod):
 
     VALID = {"w": (*range(1, 9), 32), "a": (*range(1, 9), 32), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, momentum: float = 0.9, name: str = "lqnet"):
-        super().__init__(name, bits, skip)
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False,
+                 momentum: float = 0.9, name: str = "lqnet"):
+        super().__init__(name, bits, skip, input_bn)
         self.momentum = momentum
 
     def weight_quant(self, layer):

@@ -80,11 +80,24 @@ def stochastic_sign(w: torch.Tensor, generator: torch.Generator | None = None) -
 
 
 class StochasticSign(nn.Module):
-    """`stochastic_sign` while training; the deterministic sign in eval mode, so that the
-    deployed (packed) net is the 1-bit one (the paper's test-time option (1))."""
+    """`stochastic_sign` while training. In eval mode (Courbariaux et al. 2015, Sec. 2.6):
+    test_time="real" uses the real-valued weights, as the paper did for stochastic
+    BinaryConnect ("at test-time the noise is removed", like dropout; the file then holds float32
+    weights), test_time="binary" the deterministic sign (a 1-bit deployable net, option (1))."""
+
+    def __init__(self, test_time: str = "real"):
+        super().__init__()
+        if test_time not in ("real", "binary"):
+            raise ValueError(f"test_time={test_time!r}; valid: real, binary")
+        self.test_time = test_time
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return stochastic_sign(w) if self.training else ste_sign(w)
+        if self.training:
+            return stochastic_sign(w)
+        return w if self.test_time == "real" else ste_sign(w)
+
+    def extra_repr(self) -> str:
+        return f"test_time={self.test_time}"
 
 
 @float32_math

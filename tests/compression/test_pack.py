@@ -73,9 +73,12 @@ def test_export_load_identical_predictions(name, tmp_path, make_method):
     assert torch.equal(got, want)
     # the loaded layers hold the quantized weights themselves, at most 2^w values per channel
     w_bits = make_method(name).bits["w"]
+    real = getattr(method, "test_time", None) == "real" and method.stochastic  # stored raw
     for m in loaded.modules():
         if isinstance(m, QLayer):
             assert m.weight_quant is None
+            if real:
+                continue
             rows = m.weight.reshape(m.weight.shape[0], -1)
             assert max(torch.unique(r).numel() for r in rows) <= 2 ** w_bits
 
@@ -85,7 +88,10 @@ def test_xnor_lenet5_file_size_near_theory(tmp_path, make_method):
     path = method.export(model, tmp_path / "model.pt")
     # binary: conv2 20*50*5*5 and ip1 800*500 weights at 1 bit, one alpha per output channel;
     # float32: conv1 (500 + 20), ip2 (5000 + 10) and the biases of conv2 (50) and ip1 (500)
-    binary, alphas, fp = 25_000 + 400_000, 50 + 500, 520 + 5010 + 50 + 500
+    # and the input BatchNorm of the two binary layers (weight, bias, running mean and var per
+    # channel of conv1's 20 and conv2's 50 maps: 4 x (20 + 50) floats; XNOR-Net's block order
+    # BN -> BinActiv -> BinConv)
+    binary, alphas, fp = 25_000 + 400_000, 50 + 500, 520 + 5010 + 50 + 500 + 4 * (20 + 50)
     theory = binary // 8 + 4 * (alphas + fp)
     p = payload(path)
     assert p["codes"] == binary // 8 and p["codebooks"] == 4 * alphas and p["floats"] == 4 * fp
@@ -96,10 +102,38 @@ def test_xnor_lenet5_file_size_near_theory(tmp_path, make_method):
           f"ratio {p['file'] / theory:.4f}")
 
 
+def test_xnor_lenet5_file_at_least_20x_smaller_than_fp32(tmp_path, make_method):
+    from lightning_modules.compression.method import FullPrecision
+    fp32 = FullPrecision().export(LeNet5(), tmp_path / "fp32.pt").stat().st_size
+    method, model = trained(make_method, "xnor", steps=1)
+    xnor = method.export(model, tmp_path / "xnor.pt").stat().st_size
+    assert fp32 / xnor >= 20, (fp32, xnor)
+
+
 def test_binaryconnect_lenet5_codes_are_one_bit(tmp_path, make_method):
     method, model = trained(make_method, "binaryconnect", steps=1)
     p = payload(method.export(model, tmp_path / "model.pt"))
     assert p["codes"] == 425_000 // 8 and p["codebooks"] <= 4 * 2  # {-1, +1}: one float per layer
+
+
+def test_stochastic_binaryconnect_test_time_weights(tmp_path):
+    """The paper's stochastic BC tests with the real-valued weights (stored raw float32, the file
+    as large as FP32's); test_time=binary deploys the deterministic sign at 1 bit."""
+    from tests.compression.conftest import build_method
+    sizes = {}
+    for test_time in ("real", "binary"):
+        torch.manual_seed(0)
+        method = build_method("binaryconnect_stochastic")
+        method.test_time = test_time
+        model = method.apply(LeNet5()).eval()
+        p = payload(method.export(model, tmp_path / f"{test_time}.pt"))
+        sizes[test_time] = p
+        x = torch.randn(4, 1, 28, 28)
+        loaded = build_method("binaryconnect_stochastic").load(LeNet5(), tmp_path / f"{test_time}.pt")
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(x), model(x))
+    assert sizes["real"]["codes"] == 0 and sizes["real"]["floats"] >= 4 * 425_000
+    assert sizes["binary"]["codes"] == 425_000 // 8
 
 
 def test_load_rejects_other_files(tmp_path, make_method):

@@ -80,6 +80,62 @@ class _Double(torch.autograd.Function):
         return 2 * g
 
 
+def test_input_bn_is_xnor_block_order():
+    """BatchNorm -> BinActiv -> BinConv: the layer with input_bn equals BN then the same layer."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    roles = dict(weight_quant=Q.bwn_weight, act_quant=Q.xnor_input)
+    q = QConv2d.from_float(conv, input_bn=True, **roles)
+    plain = QConv2d.from_float(conv, **roles)
+    assert isinstance(q.input_bn, nn.BatchNorm2d) and q.input_bn.num_features == 3
+    with torch.no_grad():
+        q.input_bn.weight.uniform_(0.5, 2)
+        q.input_bn.bias.uniform_(-1, 1)
+    x = torch.randn(8, 3, 6, 6) * 5 + 3
+    bn = nn.BatchNorm2d(3)
+    bn.load_state_dict(q.input_bn.state_dict())
+    torch.testing.assert_close(q(x), plain(bn(x)))
+    # training mode: the batch is normalised per channel before the sign (mean 0 inside BN)
+    assert q.input_bn.running_mean.abs().sum() > 0  # running statistics were updated
+    lin = QLinear.from_float(nn.Linear(6, 2), input_bn=True, weight_quant=Q.ste_sign)
+    assert isinstance(lin.input_bn, nn.BatchNorm1d) and lin.input_bn.num_features == 6
+    assert QConv2d.from_float(conv).input_bn is None  # off unless asked
+
+
+def test_channel_batchnorm_equals_batchnorm2d_before_flatten():
+    torch.manual_seed(0)
+    lin = QLinear.from_float(nn.Linear(5 * 3 * 3, 4), input_bn=5, weight_quant=Q.bwn_weight,
+                             act_quant=partial(Q.xnor_input, dim=-1))
+    assert lin.input_bn.num_features == 5  # 4 x 5 floats of state, not 4 x 45
+    bn2d = nn.BatchNorm2d(5)
+    with torch.no_grad():
+        lin.input_bn.weight.uniform_(0.5, 2)
+        lin.input_bn.bias.uniform_(-1, 1)
+    bn2d.load_state_dict(lin.input_bn.state_dict())
+    plain = QLinear.from_float(nn.Linear(45, 4), weight_quant=Q.bwn_weight,
+                               act_quant=partial(Q.xnor_input, dim=-1))
+    plain.load_state_dict({k: v for k, v in lin.state_dict().items() if not k.startswith("input_bn")})
+    m = torch.randn(6, 5, 3, 3) * 4 + 2
+    for mode in (True, False):  # batch statistics, then the running ones
+        lin.train(mode), bn2d.train(mode)
+        torch.testing.assert_close(lin(m.flatten(1)), plain(bn2d(m).flatten(1)))
+
+
+@pytest.mark.parametrize("name", ["xnor", "dorefa", "bnn"])
+def test_method_yaml_puts_bn_before_quantized_layers_only(name, make_method):
+    net = make_method(name).apply(LeNet5())
+    with_bn = {n for n, m in net.named_modules() if isinstance(m, QLayer) and m.input_bn is not None}
+    assert with_bn == {"features.2", "classifier.1"}  # conv2 and ip1; first and last stay FP
+    assert net.get_submodule("features.2").input_bn.num_features == 20       # BatchNorm2d
+    assert net.get_submodule("classifier.1").input_bn.num_features == 50     # per channel of 50x4x4
+    assert all(type(net.get_submodule(n)) in (nn.Conv2d, nn.Linear)
+               for n in ("features.0", "classifier.3"))
+    # a bool only: a typo in the config is one clear line
+    with pytest.raises(ConfigError, match=r"method.input_bn=yes: must be true or false"):
+        from lightning_modules.compression.quant_methods import XNOR
+        XNOR({"w": 1, "a": 1, "g": 32}, input_bn="yes")
+
+
 def test_grad_quant_acts_on_output_gradient_only():
     torch.manual_seed(0)
     lin = nn.Linear(4, 3)

@@ -49,10 +49,14 @@ def test_stochastic_sign_frequency_matches_hard_sigmoid():
     assert grad_of(partial(Q.stochastic_sign, generator=g), w).tolist() == [1.0] * 7
 
 
-def test_stochastic_sign_module_is_deterministic_in_eval():
-    m = Q.StochasticSign().eval()
+def test_stochastic_sign_module_at_test_time():
     w = torch.linspace(-0.9, 0.9, 50)
-    assert torch.equal(m(w), Q.ste_sign(w))
+    assert torch.equal(Q.StochasticSign("binary").eval()(w), Q.ste_sign(w))
+    assert torch.equal(Q.StochasticSign("real").eval()(w), w)  # the paper's choice: noise removed
+    train = Q.StochasticSign("real").train()(w)
+    assert set(train.tolist()) == {-1.0, 1.0}  # still binary (and random) while training
+    with pytest.raises(ValueError, match="test_time='float'"):
+        Q.StochasticSign("float")
 
 
 def test_bwn_alpha_per_output_channel_and_gradient():

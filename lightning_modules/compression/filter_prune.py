@@ -1,0 +1,380 @@
+"""Filter pruning (Molchanov, Tyree, Karras, Aila & Kautz 2017, "Pruning Convolutional Neural
+Networks for Resource Efficient Inference"): Taylor criterion, iterative, channels removed.
+
+A *group* is the output channels of a producer conv (with its BatchNorm) and the matching inputs
+of the consumer that reads them (`channel_groups`: one explicit description per architecture).
+`apply` puts a `ChannelMask` ([C] buffer of ones) right after the producer (after its BatchNorm),
+so a pruned channel is exactly zero downstream. In training the mask accumulates the Taylor
+criterion of its feature map z (Eq. 7, dL/dz from a tensor hook), per example and averaged over
+the batch (Sec. 2.2), summed over the batches since the last pruning step:
+
+    Theta_c = mean_b | mean_{h,w} z[b,c,h,w] * dL/dz[b,c,h,w] |
+
+The k-th of the n pruning steps (t = start, start + frequency, ..., end) ranks the kept channels
+of all groups by Theta / ||Theta||_2 of their group (Eq. 8) and masks the lowest until the FLOPs
+of the physical model are at most 1 - (1 - flops_target) k / n of the original (linear; the last
+step reaches flops_target). A group keeps `min_channels`; a masked channel stays masked. FLOPs
+count conv and linear layers as torch.utils.flop_counter does (a multiply-add = 2), from kept
+channels and output sizes recorded in the first forward after `apply`. DDP: Theta is summed over
+ranks before ranking, the masks are then broadcast from rank 0 (`broadcast_`).
+
+`finalize` removes the masked channels (smaller Conv2d / BatchNorm2d / Linear; exact, they were
+zero); `export` writes that state dict and the kept counts; `load` shrinks a fresh model to match.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config_check import ConfigError
+from ..models import CifarResNet, LeNet5
+from .method import Method
+from .prune import INTERVALS, broadcast_
+
+MAGIC = b"LWBFP1\r\n"
+POSITIONS = "_filter_prune_positions"  # module attribute: output positions per sample (H*W)
+
+
+class FilterPruneFileError(ValueError):
+    """A filter-pruning file that is not one, is truncated, corrupted or for another model."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """The output channels of `producer` (and of its BatchNorm `norm`), read by `consumer`: a
+    Conv2d (its input channels) or a Linear (channel c owns its input columns c*p .. c*p+p-1)."""
+    producer: str
+    norm: str | None
+    consumer: str
+
+    @property
+    def site(self) -> str:
+        return self.norm or self.producer
+
+
+def channel_groups(model: nn.Module) -> list[Group]:
+    """The prunable groups of a supported net (a ResNet block's output channels are tied to its
+    parameter-free shortcut and the stem, so only the inner channels of each block are pruned)."""
+    if isinstance(model, CifarResNet):
+        return [Group(f"layers.{i}.conv1", f"layers.{i}.bn1", f"layers.{i}.conv2")
+                for i in range(len(model.layers))]
+    if isinstance(model, LeNet5):  # conv1 -> pool -> conv2 -> pool -> flatten -> ip1
+        return [Group("features.0", None, "features.2"), Group("features.2", None, "classifier.1")]
+    raise ConfigError(f"model={type(model).__name__}: filter pruning supports CifarResNet "
+                      "(resnet8, resnet20) and LeNet5 (lenet5)")
+
+
+class ChannelMask(nn.Module):
+    """z -> z * mask (per channel); in training it also accumulates Theta (see the module doc)."""
+
+    def __init__(self, channels: int, device=None):
+        super().__init__()
+        self.register_buffer("mask", torch.ones(channels, device=device))
+        self.score: torch.Tensor | None = None  # not a buffer: DDP must not overwrite a rank's sum
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = z * self.mask.to(z.dtype).view(1, -1, *[1] * (z.dim() - 2))
+        if self.training and out.requires_grad:
+            saved = out.detach()
+            out.register_hook(lambda g: self._accumulate(saved, g))
+        return out
+
+    @torch.no_grad()
+    def _accumulate(self, z: torch.Tensor, g: torch.Tensor) -> None:
+        zg = z.float() * g.float()
+        theta = (zg.mean(tuple(range(2, zg.dim()))) if zg.dim() > 2 else zg).abs().mean(0)
+        theta = torch.where(torch.isfinite(theta), theta, 0.0)  # an overflowed fp16 step
+        self.score = theta if self.score is None else self.score + theta
+
+    @torch.no_grad()
+    def take_score(self) -> torch.Tensor:
+        """Theta summed over batches (and ranks); the accumulator starts again from zero."""
+        s = self.score if self.score is not None else torch.zeros_like(self.mask)
+        self.score = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(s)
+        return s
+
+
+def _masked(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+    return module.channel_mask(out)
+
+
+def _record_positions(module: nn.Module, args, out: torch.Tensor) -> None:
+    """One-off forward hook: output positions per sample (H*W of a conv, 1 for a flat linear)."""
+    setattr(module, POSITIONS, out[0].numel() // out.shape[1 if out.dim() > 2 else -1])
+    _drop_hooks(module, _record_positions)
+
+
+def _drop_hooks(module: nn.Module, fn) -> None:
+    for key in [k for k, h in module._forward_hooks.items() if h is fn]:
+        del module._forward_hooks[key]
+
+
+def masks(model: nn.Module, groups: list[Group]) -> list[ChannelMask | None]:
+    mods = dict(model.named_modules())
+    return [getattr(mods[g.site], "channel_mask", None) for g in groups]
+
+
+def _cost_terms(model: nn.Module, groups: list[Group]) -> list[tuple]:
+    """Per Conv2d/Linear: (2 * kernel * positions, in group, in factor, out group, out factor);
+    its FLOPs are coef * (kept[in group] or 1) * in factor * (kept[out group] or 1) * out factor."""
+    mods = dict(model.named_modules())
+    out_of = {g.producer: i for i, g in enumerate(groups)}
+    in_of = {g.consumer: i for i, g in enumerate(groups)}
+    terms = []
+    for name, m in mods.items():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        if not hasattr(m, POSITIONS):
+            raise RuntimeError(f"{name}: output size unknown; run one forward pass after apply")
+        conv = isinstance(m, nn.Conv2d)
+        c_in, c_out = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
+        kernel = m.weight[0, 0].numel() if conv else 1  # weight [out, in/groups, kh, kw]
+        coef = 2 * kernel * getattr(m, POSITIONS) // (m.groups if conv else 1)
+        gi, go = in_of.get(name), out_of.get(name)
+        per = c_in // mods[groups[gi].producer].out_channels if gi is not None else c_in
+        terms.append((coef, gi, per, go, 1 if go is not None else c_out))
+    return terms
+
+
+def _flops(terms: list[tuple], kept: torch.Tensor) -> torch.Tensor:
+    """FLOPs for kept channel counts `kept` [..., groups] (int64, exact)."""
+    one = torch.ones_like(kept[..., 0])
+    total = torch.zeros_like(one)
+    for coef, gi, per, go, c_out in terms:
+        total = total + coef * (kept[..., gi] if gi is not None else one) * per \
+            * (kept[..., go] if go is not None else one) * c_out
+    return total
+
+
+@torch.no_grad()
+def flops(model: nn.Module) -> int:
+    """Forward FLOPs of one sample of the physical model the masks describe (of the model itself
+    when it has no masks): what FlopCounterMode counts once the masked channels are removed."""
+    groups = channel_groups(model)
+    mods = dict(model.named_modules())
+    kept = [int(m.mask.sum()) if m is not None else mods[g.producer].out_channels
+            for g, m in zip(groups, masks(model, groups))]
+    return int(_flops(_cost_terms(model, groups), torch.tensor(kept)))
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def _sliced(m: nn.Module, out_idx=None, in_idx=None) -> nn.Module:
+    """A new Conv2d / Linear / BatchNorm2d holding m's output channels `out_idx` and input
+    channels (or, for a Linear, input columns) `in_idx`; None keeps all."""
+    w = m.weight if out_idx is None else m.weight[out_idx]
+    w = w if in_idx is None else w[:, in_idx]
+    kw = {"device": w.device, "dtype": w.dtype}
+    if isinstance(m, nn.BatchNorm2d):
+        new = nn.BatchNorm2d(len(w), m.eps, m.momentum, m.affine, m.track_running_stats, **kw)
+    elif isinstance(m, nn.Conv2d):
+        assert m.groups == 1, "grouped convs are not in any supported model"
+        new = nn.Conv2d(w.shape[1], w.shape[0], m.kernel_size, m.stride, m.padding, m.dilation,
+                        1, m.bias is not None, m.padding_mode, **kw)
+    else:
+        new = nn.Linear(w.shape[1], w.shape[0], m.bias is not None, **kw)
+    keep, src = (out_idx if out_idx is not None else slice(None)), m.state_dict()
+    for key, dst in new.state_dict().items():  # weight, bias, running_mean/var, num_batches_tracked
+        dst.copy_(w if key == "weight" else src[key] if src[key].dim() == 0 else src[key][keep])
+    return new.train(m.training).requires_grad_(m.weight.requires_grad)
+
+
+@torch.no_grad()
+def shrink(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """Keep channels keep[producer] of every group (sorted indices): smaller layers, in place;
+    masks, hooks and recorded sizes removed, so the result is a plain model of the same classes."""
+    groups = channel_groups(model)
+    for g in groups:
+        idx = keep[g.producer].to(torch.long).cpu()
+        mods = dict(model.named_modules())
+        _replace(model, g.producer, _sliced(mods[g.producer], out_idx=idx))
+        if g.norm is not None:
+            _replace(model, g.norm, _sliced(mods[g.norm], out_idx=idx))
+        cons = mods[g.consumer]
+        if isinstance(cons, nn.Linear):
+            per = cons.in_features // mods[g.producer].out_channels
+            idx = (idx[:, None] * per + torch.arange(per)).flatten()
+        _replace(model, g.consumer, _sliced(cons, in_idx=idx))
+    for m in model.modules():
+        _drop_hooks(m, _masked)
+        _drop_hooks(m, _record_positions)
+        m._modules.pop("channel_mask", None)
+        m.__dict__.pop(POSITIONS, None)
+    return model
+
+
+class FilterPrune(Method):
+    """`method=filter_prune`. flops_target: fraction of the FLOPs kept at `end`; interval,
+    start, end, frequency: the pruning steps (like PruneSchedule); min_channels: per group."""
+
+    def __init__(self, name: str = "filter_prune", flops_target: float = 0.5, interval: str = "epoch",
+                 start: int = 1, end: int = 1, frequency: int = 1, min_channels: int = 1):
+        super().__init__(name)
+        ok = isinstance(flops_target, (int, float)) and not isinstance(flops_target, bool)
+        if not ok or not 0 < flops_target <= 1:
+            raise ConfigError(f"method.flops_target={flops_target}: must be a number in (0, 1] "
+                              "(fraction of the original FLOPs kept)")
+        if interval not in INTERVALS:
+            raise ConfigError(f"method.interval={interval}: valid: {', '.join(INTERVALS)}")
+        for key, v, lo in (("start", start, 1), ("end", end, start), ("frequency", frequency, 1),
+                           ("min_channels", min_channels, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                why = " (Theta needs one interval of training)" if key == "start" else ""
+                raise ConfigError(f"method.{key}={v}: must be an integer >= {lo}{why}")
+        self.flops_target, self.interval, self.min_channels = float(flops_target), interval, min_channels
+        self.start, self.end, self.frequency = start, end, frequency
+        self.times = sorted({*range(start, end, frequency), end})
+        self.history: list[dict] = []  # one row per pruning step: t, target, reached FLOPs fraction
+        self._done: set[tuple[str, int]] = set()
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        groups = channel_groups(model)
+        mods = dict(model.named_modules())
+        for g in groups:
+            site = mods[g.site]
+            if getattr(site, "channel_mask", None) is None:
+                site.channel_mask = ChannelMask(mods[g.producer].out_channels, site.weight.device)
+                site.register_forward_hook(_masked)
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and _record_positions not in m._forward_hooks.values():
+                m.register_forward_hook(_record_positions)
+        return model
+
+    def callbacks(self) -> list:
+        from ..callbacks.prune_schedule import CompressionSchedule  # Lightning outside compression/
+        return [CompressionSchedule(self)]
+
+    def on_time(self, model: nn.Module, t: int, interval: str) -> bool:
+        """Prune if t is a pruning step of this interval (once per (interval, t))."""
+        if interval != self.interval or (interval, t) in self._done:
+            return False
+        self._done.add((interval, t))
+        if t not in self.times:
+            return False
+        k = self.times.index(t) + 1
+        target = 1.0 - (1.0 - self.flops_target) * k / len(self.times)
+        reached = self.prune_to(model, target)
+        self.history.append({"t": t, "target": target, "flops_fraction": reached})
+        return True
+
+    def last_time(self) -> tuple[str, int, str]:
+        return self.interval, self.end, "method.end"
+
+    def unfinished(self) -> str | None:
+        if (self.interval, self.end) not in self._done:
+            return f"method.end={self.end}: the run ended before this {self.interval} (schedule unfinished)"
+        return None
+
+    @torch.no_grad()
+    def prune_to(self, model: nn.Module, fraction: float) -> float:
+        """Mask the lowest-ranked channels until FLOPs <= fraction of the unpruned model's;
+        returns the fraction reached. Theta is reset."""
+        groups = channel_groups(model)
+        cms = masks(model, groups)
+        if any(cm is None for cm in cms):
+            raise RuntimeError("filter pruning: call apply(model) before pruning")
+        terms = _cost_terms(model, groups)
+        full = torch.tensor([cm.mask.numel() for cm in cms])
+        kept = torch.tensor([int(cm.mask.sum()) for cm in cms])
+        base = int(_flops(terms, full))
+        limit = fraction * base
+        floor = int(_flops(terms, torch.minimum(full, torch.tensor(self.min_channels))))
+        if floor > self.flops_target * base:
+            raise ConfigError(f"method.flops_target={self.flops_target}: {type(model).__name__} "
+                              f"keeps at least {floor / base:.4f} of its FLOPs with "
+                              f"method.min_channels={self.min_channels}")
+        score, group, channel = [], [], []
+        for i, cm in enumerate(cms):
+            theta = cm.take_score().cpu()
+            norm = theta.norm()
+            theta = theta / norm if norm > 0 else theta
+            idx = cm.mask.nonzero().flatten().cpu()
+            order = idx[torch.argsort(theta[idx], descending=True, stable=True)]
+            free = order[min(self.min_channels, len(order)):]  # the best min_channels stay
+            score.append(theta[free]), channel.append(free), group.append(torch.full_like(free, i))
+        score, group, channel = torch.cat(score), torch.cat(group), torch.cat(channel)
+        order = torch.argsort(score, stable=True)
+        group, channel = group[order], channel[order]
+        removed = nn.functional.one_hot(group, len(groups)).cumsum(0)  # [candidates, groups]
+        after = _flops(terms, kept - removed)  # FLOPs after removing the first i+1 candidates
+        n = 0 if int(_flops(terms, kept)) <= limit else min(int((after > limit).sum()) + 1, len(after))
+        for i, cm in enumerate(cms):
+            drop = channel[:n][group[:n] == i]
+            cm.mask[drop.to(cm.mask.device)] = 0.0
+            broadcast_(cm.mask)
+        return flops(model) / base
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        groups = channel_groups(model)
+        keep = {g.producer: cm.mask.nonzero().flatten() for g, cm in zip(groups, masks(model, groups))
+                if cm is not None}
+        return shrink(model, keep) if keep else model
+
+    def export(self, model: nn.Module, path: str | Path) -> Path:
+        """MAGIC | payload length (u64 LE) | torch.save({model, groups, state}) | crc32 (u32 LE)."""
+        path = Path(path)
+        if any(cm is not None for cm in masks(model, channel_groups(model))):
+            model = self.finalize(copy.deepcopy(model))
+        mods = dict(model.named_modules())
+        buf = io.BytesIO()
+        torch.save({"format": "lwb-filter-prune-1", "model": type(model).__name__,
+                    "groups": {g.producer: mods[g.producer].out_channels for g in channel_groups(model)},
+                    "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
+        body = MAGIC + struct.pack("<Q", len(buf.getvalue())) + buf.getvalue()
+        path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+        return path
+
+    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
+        """A full-size model (untouched) -> a copy shrunk to the file's shapes, with its weights."""
+        payload, fail = read(path), lambda why: FilterPruneFileError(f"{path}: {why}")
+        groups = channel_groups(model)
+        counts = payload["groups"]
+        if payload["model"] != type(model).__name__ or list(counts) != [g.producer for g in groups]:
+            raise fail(f"does not match the model (a {payload['model']} file, a "
+                       f"{type(model).__name__} model)")
+        out = copy.deepcopy(model)
+        mods = dict(out.named_modules())
+        for g in groups:
+            if not 1 <= counts[g.producer] <= mods[g.producer].out_channels:
+                raise fail(f"does not match the model ({g.producer}: {counts[g.producer]} channels)")
+        out = shrink(out, {p: torch.arange(k) for p, k in counts.items()})
+        want = {k: tuple(v.shape) for k, v in out.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in payload["state"].items()}
+        if want != got:
+            raise fail(f"does not match the model ({sorted(set(want.items()) ^ set(got.items()))[0][0]})")
+        out.load_state_dict(payload["state"])
+        return out
+
+
+def read(path: str | Path) -> dict:
+    """The payload of a filter-pruning file, or FilterPruneFileError (one line, names the file)."""
+    path = Path(path)
+    data = path.read_bytes()
+    head = len(MAGIC) + 8
+    if len(data) < head + 4 or data[:len(MAGIC)] != MAGIC:
+        raise FilterPruneFileError(f"{path}: not a filter-pruning file (bad magic or too short)")
+    (n,) = struct.unpack_from("<Q", data, len(MAGIC))
+    if len(data) != head + n + 4:
+        raise FilterPruneFileError(f"{path}: truncated or padded: {len(data)} bytes, expected {head + n + 4}")
+    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
+        raise FilterPruneFileError(f"{path}: checksum mismatch: the file is corrupted")
+    try:
+        payload = torch.load(io.BytesIO(data[head:-4]), map_location="cpu", weights_only=True)
+        if not isinstance(payload["groups"], dict) or not isinstance(payload["state"], dict):
+            raise TypeError("groups and state must be dicts")
+    except Exception as err:  # noqa: BLE001 -- anything unreadable is a damaged file
+        raise FilterPruneFileError(f"{path}: unreadable content ({type(err).__name__})") from None
+    return payload
