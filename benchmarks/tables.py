@@ -113,6 +113,17 @@ def _err(x, status) -> str:
     return _pct(1 - x) if status == "ok" and x is not None and not pd.isna(x) else str(status)
 
 
+# row names of methods whose config has no `label` (the documents' words)
+METHOD_NAMES = {"prune": "Pruned", "share": "Shared", "prune_share": "Pruned + shared",
+                "deep_compression": "Compressed", "filter_prune": "Filter-pruned"}
+
+
+def _row_name(method: str, label) -> str:
+    if method == "fp32":
+        return "Ref"
+    return label if isinstance(label, str) and label else METHOD_NAMES.get(method, method)
+
+
 def display_compression(df: pd.DataFrame) -> pd.DataFrame:
     """The documents' pruning / weight-sharing tables: each compressed row against its model's
     `method=fp32` row (Ref): errors, parameters left (non-zero), their rate, the exported file and
@@ -126,7 +137,7 @@ def display_compression(df: pd.DataFrame) -> pd.DataFrame:
     nz = df.get("nonzero_params", df.params).fillna(df.params)
     flops = df.get("flops", pd.Series(float("nan"), index=df.index))
     return pd.DataFrame({
-        "Network": [f"{m} {'Ref' if meth == 'fp32' else (lab or meth)}"
+        "Network": [f"{m} {_row_name(meth, lab)}"
                     for m, meth, lab in zip(df.model, df.method, df.get("method_label", df.method))],
         "model": df.model,
         "Top-1 Error": [_err(x, s) for x, s in zip(df.top1, df.status)],
@@ -185,7 +196,7 @@ def layer_table(records: list[dict]) -> dict[str, pd.DataFrame]:
                                     (f"{v:.2f}" if isinstance(v, float) else str(v)))
         if "compression" in t:
             t["compression"] = [f"{float(v):.1f}×" if v != "-" else v for v in t["compression"]]
-        out[f"{r['model']} {r.get('method_label') or r['method']}"] = t.rename(columns=LAYER_COLUMNS)
+        out[f"{r['model']} {_row_name(r['method'], r.get('method_label'))}"] = t.rename(columns=LAYER_COLUMNS)
     return out
 
 

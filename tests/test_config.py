@@ -60,7 +60,7 @@ def test_numeric_group_choice_is_quoted():
 
 
 def test_unknown_choice_names_valid_ones():
-    with pytest.raises(ConfigError, match=r"model=foo: unknown model; valid: lenet300, lenet5, resnet20, resnet8"):
+    with pytest.raises(ConfigError, match=r"model=foo: unknown model; valid: lenet300, lenet5, .*resnet20, resnet8"):
         check_overrides(["model=foo"])
     with pytest.raises(ConfigError, match="precision=fp8"):
         check_overrides(["precision=32,fp8"], multirun=True)

@@ -378,3 +378,36 @@ def read(path: str | Path) -> dict:
     except Exception as err:  # noqa: BLE001 -- anything unreadable is a damaged file
         raise FilterPruneFileError(f"{path}: unreadable content ({type(err).__name__})") from None
     return payload
+
+
+def write_checked(path: str | Path, magic: bytes, payload: dict) -> Path:
+    """The container of this file format for any payload (other methods' files, own magic):
+    magic | payload length (u64 LE) | torch.save(payload) | crc32 of all preceding bytes (u32 LE)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = magic + struct.pack("<Q", len(buf.getvalue())) + buf.getvalue()
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    return path
+
+
+def read_checked(path: str | Path, magic: bytes, error: type[ValueError], what: str) -> dict:
+    """The payload of a `write_checked` file, checked (magic, length, crc32) before decoding;
+    otherwise `error` with one line naming the file ("not a <what> file", truncated, corrupted)."""
+    path = Path(path)
+    data = path.read_bytes()
+    head = len(magic) + 8
+    if len(data) < head + 4 or data[:len(magic)] != magic:
+        raise error(f"{path}: not a {what} file (bad magic or too short)")
+    (n,) = struct.unpack_from("<Q", data, len(magic))
+    if len(data) != head + n + 4:
+        raise error(f"{path}: truncated or padded: {len(data)} bytes, expected {head + n + 4}")
+    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
+        raise error(f"{path}: checksum mismatch: the file is corrupted")
+    try:
+        payload = torch.load(io.BytesIO(data[head:-4]), map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict):
+            raise TypeError("the payload must be a dict")
+    except Exception as err:  # noqa: BLE001 -- anything unreadable is a damaged file
+        raise error(f"{path}: unreadable content ({type(err).__name__})") from None
+    return payload
