@@ -4,7 +4,7 @@ import pytest
 from tests.conftest import train
 
 CASES = [
-    (["model=foo"], "model=foo: unknown model; valid: lenet300, lenet5, resnet20, resnet8"),
+    (["model=foo"], "model=foo: unknown model; valid: lenet300, lenet5, mlp2x1200, mlp2x800, resnet20, resnet8"),
     (["method=foo"], "method=foo: unknown method; valid: "),
     (["data=foo"], "data=foo: unknown data; valid: "),
     (["precision=fp8"], "precision=fp8: unknown precision; valid: 16-mixed, 16-mixed-noscale, 32, bf16-mixed"),
