@@ -135,11 +135,13 @@ def _one_line_error(match: str, **kw):
 
 
 def test_missing_teacher_is_one_line_error(tmp_path):
-    _one_line_error("method.teacher=nope: no such file, run directory or run under",
-                    teacher="nope", results_dir=str(tmp_path), suite="s")
-    _one_line_error("method.teacher=null: kd needs a teacher", teacher=None)
+    msg = _one_line_error("method.teacher=nope: no such file, run directory or run under",
+                          teacher="nope", results_dir=str(tmp_path), suite="s")
+    assert str(tmp_path) in msg  # says where it looked
+    assert _one_line_error("method.teacher=null: kd needs a teacher", teacher=None)
     make_run(tmp_path, "failed", status="failed")
-    _one_line_error("status is 'failed'", teacher="failed", results_dir=str(tmp_path), suite="s")
+    msg = _one_line_error("status is 'failed'", teacher="failed", results_dir=str(tmp_path), suite="s")
+    assert msg.startswith("method.teacher=failed:")
 
 
 def test_run_name_in_several_suites_is_ambiguous_unless_in_own_suite(tmp_path):
@@ -159,7 +161,8 @@ def test_teacher_with_other_classes_is_one_line_error(tmp_path):
 def test_teacher_file_that_does_not_fit_is_one_line_error(tmp_path):
     run = make_run(tmp_path, "t", hidden=(32, 32))
     torch.save(MLP(hidden=(64, 64)).state_dict(), run / "model.pt")
-    _one_line_error("cannot load", teacher="t", results_dir=str(tmp_path), suite="s")
+    msg = _one_line_error("cannot load", teacher="t", results_dir=str(tmp_path), suite="s")
+    assert msg.startswith("method.teacher=t:")
 
 
 @pytest.mark.parametrize("key,value", [("alpha", 1.5), ("temperature", 0.0)])
