@@ -8,10 +8,13 @@ Per pruned and/or shared Conv2d/Linear weight (Han, Mao & Dally 2016, Fig. 1 and
 - each code stream (value codes, gap codes) fixed-width (`pack_bits`, b or g bits) or Huffman
   coded (huffman.py; the table is one uint8 code length per symbol).
 
-Every other state-dict entry (biases, BatchNorm, unpruned layers) is stored raw in its dtype.
+Every other state-dict entry (biases, BatchNorm, unpruned layers) is stored raw. Floats (codebooks,
+pruned-only values, raw float entries) are stored at `float_bits` 32 or 16: with 16 the method's
+`finalize` has already rounded every float of the model to float16 values (`round_floats`), so
+the file holds exactly what was tested and reloads to the same predictions.
 
-Layout: MAGIC (8 B) | header length (u32 LE) | header (JSON: entries, blob offsets, bit counts)
-| payload | crc32 of all preceding bytes (u32 LE). `read` checks magic, lengths and checksum
+Layout: MAGIC (8 B) | header length (u32 LE) | header (JSON, zlib-deflated: entries, blob sizes,
+bit counts) | payload | crc32 of all preceding bytes (u32 LE). `read` checks magic, lengths and checksum
 before decoding anything, so a truncated or corrupted file raises CompressedFileError (a
 ValueError naming the file) rather than building a wrong model.
 """
@@ -33,11 +36,26 @@ from .prune import is_masked, plain_state_dict
 from .share import is_shared, sharing
 from .sparse import from_sparse, to_sparse
 
-MAGIC = b"LWBDC1\r\n"
+MAGIC = b"LWBDC2\r\n"
+FLOAT_BITS = (32, 16)
 
 
 class CompressedFileError(ValueError):
     """A Deep Compression file that is not one, is truncated, corrupted or for another model."""
+
+
+def _float(bits: int) -> np.dtype:
+    return np.dtype(np.float16 if bits == 16 else np.float32)
+
+
+@torch.no_grad()
+def round_floats(model: nn.Module) -> nn.Module:
+    """Every floating parameter and buffer rounded to the nearest float16 value (kept in its
+    dtype), in place: what a float_bits=16 file stores exactly."""
+    for t in model.state_dict().values():
+        if t.is_floating_point():
+            t.copy_(t.half().to(t.dtype))
+    return model
 
 
 def _width(alphabet: int) -> int:
@@ -70,10 +88,13 @@ def _decode_stream(meta: dict, blobs: list[bytes]) -> np.ndarray:
     return out
 
 
-def encode_layer(module: nn.Module, weight: torch.Tensor, gap_bits: int, use_huffman: bool):
+def encode_layer(module: nn.Module, weight: torch.Tensor, gap_bits: int, use_huffman: bool,
+                 float_bits: int = 32):
     """A pruned and/or shared layer's (plain) weight -> (meta, blobs)."""
+    fdt = _float(float_bits)
     flat = weight.detach().cpu().float().reshape(-1).numpy()
-    meta = {"shape": list(weight.shape), "sparse": is_masked(module), "streams": {}}
+    meta = {"shape": list(weight.shape), "sparse": is_masked(module), "streams": {},
+            "float_bits": float_bits}
     blobs = []
     if is_shared(module):
         s = sharing(module)
@@ -81,7 +102,7 @@ def encode_layer(module: nn.Module, weight: torch.Tensor, gap_bits: int, use_huf
         table = np.concatenate([np.zeros(offset, np.float32), s.centroids.detach().cpu().float().numpy()])
         values = s.idx.detach().cpu().reshape(-1).numpy() + offset
         meta["codebook"] = int(table.size)
-        blobs.append(table.tobytes())
+        blobs.append(table.astype(fdt).tobytes())
     else:
         values, table = flat, None
     if meta["sparse"]:
@@ -97,14 +118,15 @@ def encode_layer(module: nn.Module, weight: torch.Tensor, gap_bits: int, use_huf
         blobs += vb
     else:
         meta["values"] = int(values.size)
-        blobs.append(values.astype(np.float32).tobytes())
+        blobs.append(values.astype(fdt).tobytes())
     return meta, blobs
 
 
 def decode_layer(meta: dict, blobs: list[bytes]) -> torch.Tensor:
     blobs = list(blobs)
     numel = math.prod(meta["shape"])
-    table = np.frombuffer(blobs.pop(0), np.float32) if "codebook" in meta else None
+    fdt = _float(meta["float_bits"])
+    table = np.frombuffer(blobs.pop(0), fdt).astype(np.float32) if "codebook" in meta else None
     if table is not None and table.size != meta["codebook"]:
         raise ValueError(f"codebook of {table.size} values, header says {meta['codebook']}")
     gaps = None
@@ -115,7 +137,7 @@ def decode_layer(meta: dict, blobs: list[bytes]) -> torch.Tensor:
     if table is not None:
         values = table[_decode_stream(meta["streams"]["values"], blobs)]
     else:
-        values = np.frombuffer(blobs[0], np.float32)
+        values = np.frombuffer(blobs[0], fdt)
         if values.size != meta["values"]:
             raise ValueError(f"{values.size} float values, header says {meta['values']}")
     if gaps is not None:
@@ -130,7 +152,8 @@ def compressed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and (is_masked(m) or is_shared(m))]
 
 
-def encode_model(model: nn.Module, gap_bits: dict, use_huffman: bool) -> tuple[dict, list[bytes]]:
+def encode_model(model: nn.Module, gap_bits: dict, use_huffman: bool,
+                 float_bits: int = 32) -> tuple[dict, list[bytes]]:
     """The header (without offsets) and the blobs of every entry, in state-dict order."""
     plain = plain_state_dict(model)
     layers = dict(compressed_layers(model))
@@ -140,21 +163,26 @@ def encode_model(model: nn.Module, gap_bits: dict, use_huffman: bool) -> tuple[d
         if key.endswith(".weight") and mod in layers:
             m = layers[mod]
             g = gap_bits["conv"] if isinstance(m, nn.Conv2d) else gap_bits["fc"]
-            meta, b = encode_layer(m, t, g, use_huffman)
+            meta, b = encode_layer(m, t, g, use_huffman, float_bits)
             meta.update(key=key, kind="layer")
         else:
             a = t.detach().cpu().contiguous().numpy()
-            meta, b = {"key": key, "kind": "raw", "dtype": str(a.dtype), "shape": list(a.shape)}, [a.tobytes()]
+            meta = {"key": key, "kind": "raw", "dtype": str(a.dtype), "shape": list(a.shape)}
+            if a.dtype == np.float32 and float_bits == 16:
+                a, meta["stored"] = a.astype(np.float16), "float16"
+            b = [a.tobytes()]
         entries.append(meta | {"nblobs": len(b)})
         blobs += b
-    return {"format": "lwb-deep-compression-1", "entries": entries}, blobs
+    return {"format": "lwb-deep-compression-2", "entries": entries}, blobs
 
 
-def write(model: nn.Module, path: str | Path, gap_bits: dict, use_huffman: bool) -> Path:
+def write(model: nn.Module, path: str | Path, gap_bits: dict, use_huffman: bool,
+          float_bits: int = 32) -> Path:
+    """float_bits=16 stores the floats as float16: round_floats(model) must have run (finalize)."""
     path = Path(path)
-    header, blobs = encode_model(model, gap_bits, use_huffman)
+    header, blobs = encode_model(model, gap_bits, use_huffman, float_bits)
     header["blobs"] = [len(b) for b in blobs]
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     body = MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
     path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
     return path
@@ -173,9 +201,9 @@ def read(path: str | Path) -> dict[str, torch.Tensor]:
     (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
     start = len(MAGIC) + 4
     try:
-        header = json.loads(data[start:start + hlen])
+        header = json.loads(zlib.decompress(data[start:start + hlen]))
         sizes = [int(s) for s in header["blobs"]]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, zlib.error):
         raise fail("truncated or corrupted header") from None
     expected = start + hlen + sum(sizes) + 4
     if len(data) != expected:
@@ -193,37 +221,37 @@ def read(path: str | Path) -> dict[str, torch.Tensor]:
             if e["kind"] == "layer":
                 out[e["key"]] = decode_layer(e, b)
             else:
-                a = np.frombuffer(b[0], dtype=np.dtype(e["dtype"])).reshape(e["shape"])
-                out[e["key"]] = torch.from_numpy(a.copy())
+                a = np.frombuffer(b[0], dtype=np.dtype(e.get("stored", e["dtype"]))).reshape(e["shape"])
+                out[e["key"]] = torch.from_numpy(a.astype(np.dtype(e["dtype"])))
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise fail(f"inconsistent content ({err})") from None
     return out
 
 
-def report(model: nn.Module, gap_bits: dict) -> list[dict]:
+def report(model: nn.Module, gap_bits: dict, float_bits: int = 32) -> list[dict]:
     """Per-layer rows as Deep Compression's Tables 2/3, plus a `total` row over the whole file.
 
     weight/index bits are per stored entry (non-zeros plus filler zeros); P+Q is fixed width,
     P+Q+H Huffman; a layer's rate is 32 bits x weights / bits stored for it with P+Q+H (codes,
     codebook, Huffman tables); the total rate counts the raw entries too (not the header)."""
-    header, _ = encode_model(model, gap_bits, use_huffman=True)
+    header, _ = encode_model(model, gap_bits, use_huffman=True, float_bits=float_bits)
     masks = {n: m.weight_mask for n, m in compressed_layers(model) if is_masked(m)}
     rows, total_bits, total_params = [], 0, 0
     for e in header["entries"]:
         numel = math.prod(e["shape"])
         total_params += numel
         if e["kind"] != "layer":
-            total_bits += 8 * np.dtype(e["dtype"]).itemsize * numel
+            total_bits += 8 * np.dtype(e.get("stored", e["dtype"])).itemsize * numel
             continue
         v, g = e["streams"].get("values"), e["streams"].get("gaps")
-        n = v["n"] if v else e["values"]
-        bits = 32 * e.get("codebook", 0) + (8 * v["alphabet"] + v["bits_huffman"] if v else 32 * n)
+        n, fb = (v["n"] if v else e["values"]), e["float_bits"]
+        bits = fb * e.get("codebook", 0) + (8 * v["alphabet"] + v["bits_huffman"] if v else fb * n)
         bits += 8 * g["alphabet"] + g["bits_huffman"] if g else 0
         name = e["key"].removesuffix(".weight")
         kept = int(masks[name].sum()) if name in masks else numel
         rows.append({"layer": name, "weights": numel, "kept_pct": 100.0 * kept / numel,
-                     "weight_bits_pq": _width(v["alphabet"]) if v else 32,
-                     "weight_bits_pqh": v["bits_huffman"] / max(n, 1) if v else 32.0,
+                     "weight_bits_pq": _width(v["alphabet"]) if v else fb,
+                     "weight_bits_pqh": v["bits_huffman"] / max(n, 1) if v else float(fb),
                      "index_bits_pq": e.get("gap_bits"),
                      "index_bits_pqh": g["bits_huffman"] / max(n, 1) if g else None,
                      "compression": 32 * numel / bits})

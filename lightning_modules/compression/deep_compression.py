@@ -41,11 +41,17 @@ def _gap_bits(index_bits: Mapping | None) -> dict:
 
 class DeepCompression(Method):
     """prune: PruneSchedule kwargs or None; share: ShareSchedule kwargs or None; huffman: code
-    the file's index streams with Huffman codes; index_bits: relative-index width {conv, fc}."""
+    the file's index streams with Huffman codes; index_bits: relative-index width {conv, fc};
+    float_bits: 32 or 16, the width of the file's floats (codebooks, biases, other raw floats;
+    16: `finalize` rounds the model's floats to float16 values before the test)."""
 
     def __init__(self, name: str = "deep_compression", prune: Mapping | None = None,
-                 share: Mapping | None = None, huffman: bool = True, index_bits: Mapping | None = None):
+                 share: Mapping | None = None, huffman: bool = True, index_bits: Mapping | None = None,
+                 float_bits: int = 32):
         super().__init__(name)
+        if isinstance(float_bits, bool) or float_bits not in compressed_file.FLOAT_BITS:
+            raise ConfigError(f"method.float_bits={float_bits}: valid: 32, 16")
+        self.float_bits = int(float_bits)
         self.pruner = PruneSchedule(**dict(prune), prefix="method.prune") if prune is not None else None
         self.sharer = ShareSchedule(**dict(share), prefix="method.share") if share is not None else None
         if self.pruner and self.sharer:
@@ -95,8 +101,11 @@ class DeepCompression(Method):
             return f"{last[2]}={last[1]}: the run ended before this {last[0]} (schedule unfinished)"
         return None
 
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return compressed_file.round_floats(model) if self.float_bits == 16 else model
+
     def export(self, model: nn.Module, path: str | Path) -> Path:
-        return compressed_file.write(model, path, self.index_bits, self.huffman)
+        return compressed_file.write(model, path, self.index_bits, self.huffman, self.float_bits)
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         state = compressed_file.read(path)
@@ -110,7 +119,7 @@ class DeepCompression(Method):
         return model
 
     def report(self, model: nn.Module) -> list[dict]:
-        return compressed_file.report(model, self.index_bits)
+        return compressed_file.report(model, self.index_bits, self.float_bits)
 
 
 class Prune(DeepCompression):

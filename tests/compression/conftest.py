@@ -11,16 +11,17 @@ PRESET = {"binaryconnect": "w1a32g32", "binaryconnect_stochastic": "w1a32g32", "
           "ttq": "w2a32g32", "pow2": "w4a4g32", "uniform": "w4a4g32", "lqnet": "w2a2g32"}
 
 
-def build_method(name: str, bits: dict | str | None = None):
+def build_method(name: str, bits: dict | str | None = None, *overrides: str):
     """Instantiate conf/method/<name>.yaml as Hydra does, `bits: ${bits}` resolved to `bits`
-    (a dict, a conf/bits preset name, or the method's preset)."""
+    (a dict, a conf/bits preset name, or the method's preset); overrides: "method.key=value"."""
     from hydra.utils import instantiate
     bits = bits or PRESET[name]
     if isinstance(bits, str):
         bits = OmegaConf.load(CONF / "bits" / f"{bits}.yaml")
     method = OmegaConf.load(CONF / "method" / f"{name}.yaml")
     method.pop("label", None)  # the table's row name, not a constructor argument (see run.build_method)
-    cfg = OmegaConf.create({"bits": bits, "method": method})
+    cfg = OmegaConf.merge(OmegaConf.create({"bits": bits, "method": method}),
+                          OmegaConf.from_dotlist(list(overrides)))
     return instantiate(cfg.method, _convert_="all")
 
 

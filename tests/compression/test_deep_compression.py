@@ -23,10 +23,11 @@ def fp32_bytes(net):
     return len(buf.getvalue())
 
 
-def compressed(make_method, name, Net, seed=0):
+def compressed(make_method, name, Net, seed=0, *overrides):
+    """Trained by the schedule and finalized, as run.py does before the test and the export."""
     torch.manual_seed(seed)
-    method = make_method(name, "w32a32g32")
-    return method, run_schedule(method, method.apply(Net()))
+    method = make_method(name, "w32a32g32", *overrides)
+    return method, method.finalize(run_schedule(method, method.apply(Net())))
 
 
 @pytest.mark.parametrize("Net", [LeNet300, LeNet5], ids=["lenet300", "lenet5"])
@@ -45,6 +46,28 @@ def test_export_load_identical_predictions(make_method, name, Net, tmp_path):
         if hasattr(m, "weight_mask"):  # pruned weights are still exactly zero
             assert (plain[n].weight[m.weight_mask == 0] == 0).all() and (m.weight_mask == 0).any()
     assert path.stat().st_size < fp32_bytes(Net())
+
+
+def test_float16_storage_is_exact_and_smaller(make_method, tmp_path):
+    """float_bits=16: finalize rounds every float to a float16 value, the file stores those
+    (codebooks, biases), reloads to the same predictions and saves 2 bytes per float."""
+    sizes = {}
+    for fb in (32, 16):
+        method, net = compressed(make_method, "deep_compression", LeNet5, 0, f"method.float_bits={fb}")
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                assert fb == 32 or torch.equal(t, t.half().float())
+        path = method.export(net, tmp_path / f"f{fb}.dc")
+        assert torch.equal(outputs(method.load(LeNet5(), path)), outputs(net))
+        sizes[fb] = path.stat().st_size
+    floats = sum(m.bias.numel() for m in LeNet5().modules() if getattr(m, "bias", None) is not None)
+    floats += 255 + 255 + 31 + 31  # the four codebooks (8-bit conv, 5-bit FC, code 0 = zero)
+    assert sizes[32] - sizes[16] >= 2 * floats - 64  # (the deflated header differs a little)
+
+
+def test_float_bits_must_be_32_or_16():
+    with pytest.raises(ConfigError, match=r"method.float_bits=8: valid: 32, 16"):
+        DeepCompression(float_bits=8)
 
 
 def test_file_sizes_follow_the_stages(make_method, tmp_path):
