@@ -70,6 +70,16 @@ def transforms(train: bool, crop: int = 224, resize: int = 256) -> v2.Compose:
     return v2.Compose([*geo, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
 
+class CorruptImage(DataError):
+    """An image that does not decode. DataLoader re-raises a worker's error as
+    `type(e)(message + worker traceback)`: keep only the one line that names the file."""
+
+    def __init__(self, msg: str):
+        if "Traceback" in msg:
+            msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(msg)
+
+
 class ImageList(Dataset):
     """(path, label) pairs decoded by torchvision.io (RGB uint8 CHW), then `transform`."""
 
@@ -84,7 +94,7 @@ class ImageList(Dataset):
         try:
             img = decode_image(path, mode=ImageReadMode.RGB)
         except Exception as e:
-            raise DataError(f"corrupt image {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            raise CorruptImage(f"corrupt image {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         return self.transform(img), label
 
 

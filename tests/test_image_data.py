@@ -121,14 +121,16 @@ def test_bad_layouts_give_one_clear_line(folder, tmp_path, breakage, message):
     assert "\n" not in str(e.value) and f"data.root={root}" in str(e.value)
 
 
-def test_corrupt_image_is_reported_with_its_path(folder, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_reported_with_its_path(folder, tmp_path, workers):
     root = _copy(folder, tmp_path)
     bad = root / "val" / "n01" / "broken.JPEG"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    dm = ImageNetDataModule(root=str(root), eval_batch_size=8, num_workers=0)
+    dm = ImageNetDataModule(root=str(root), eval_batch_size=8, num_workers=workers)
     dm.setup()
-    with pytest.raises(DataError, match=f"corrupt image {bad}"):
+    with pytest.raises(DataError, match=f"^corrupt image {bad}: ") as e:
         list(dm.val_dataloader())
+    assert "\n" not in str(e.value)  # also when a DataLoader worker process raised it
 
 
 def test_dali_imagenet_cpu_has_the_torchvision_mapping_and_shapes(folder):
@@ -181,3 +183,17 @@ def test_synthetic_any_shape():
     batches = list(dm.train_dataloader())
     assert len(batches) == 4 and batches[0][0].shape == (3, 1, 17, 17)
     assert int(batches[0][1].max()) < 5 and torch.equal(batches[0][0], batches[2][0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (DALI `mixed` JPEG decoding)")
+def test_dali_imagenet_gpu_decodes_the_same_images(folder):
+    root, _ = folder
+    kw = dict(root=str(root), batch_size=4, eval_batch_size=4, num_workers=0, num_threads=1)
+    cpu, gpu = ImageNetDALIDataModule(**kw, device="cpu"), ImageNetDALIDataModule(**kw, device="gpu")
+    cpu.setup()
+    gpu.setup()
+    (xc, yc), (xg, yg) = [tuple(torch.cat(t) for t in zip(*d.val_dataloader())) for d in (cpu, gpu)]
+    assert xg.is_cuda and yg.is_cuda and torch.equal(yc, yg.cpu())
+    assert identify(xg, MEAN, STD) == identify(xc, MEAN, STD)
+    assert (xg.cpu() - xc).abs().max().item() < 0.1  # nvJPEG vs libjpeg-turbo: rounding differences only
