@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUITE ?= precision
 RESULTS ?= results
+DATA_DIR ?=
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
 
@@ -13,7 +14,7 @@ FMNIST_RAW := data/FashionMNIST/raw
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: SUITE=$(SUITE) (conf/suite/*.yaml), RESULTS=$(RESULTS)"
+	@echo "  variables: SUITE=$(SUITE) (conf/suite/*.yaml), RESULTS=$(RESULTS), DATA_DIR=$(DATA_DIR) (data.root: the dataset folder)"
 
 install: $(VENV)/.installed data  ## create .venv with the pinned packages and make Fashion-MNIST available
 
@@ -32,8 +33,8 @@ data: $(VENV)/.installed  ## Fashion-MNIST raw files under data/ (Debian package
 test: install  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
 
-bench: install  ## run suite SUITE (default: precision) and write results/tables/SUITE.{md,csv,html}
-	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS)
+bench: install  ## run suite SUITE (default: precision) and write results/tables/SUITE.{md,csv,html}; DATA_DIR sets data.root
+	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR)))
 
 overhead: install  ## harness vs hand-written PyTorch loop, training throughput (LeNet-300-100)
 	$(PY) -m benchmarks.overhead

@@ -67,6 +67,14 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("data.train_subset", "data.test_subset"):
         if cfg.data.get(key.split(".")[1]) is not None:
             _int_in(cfg, key, 1)
+    gc = cfg.trainer.get("grad_compression")
+    if gc is not None and gc not in ("none", "sketch", "fp16", "powersgd"):
+        raise ConfigError(f"trainer.grad_compression={gc}: valid: none, sketch, fp16, powersgd")
+    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") in ("cpu", "auto"):
+        import torch  # only for this check
+        if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
+            raise ConfigError(f"trainer.sync_batchnorm=true: SyncBatchNorm needs GPUs (accelerator="
+                              f"{cfg.trainer.accelerator}, no CUDA here); set trainer.sync_batchnorm=false")
     root = cfg.data.get("root")
     if root is not None and not Path(str(root)).is_dir():
         raise ConfigError(f"data.root={root}: no such directory (omit it to use <repo>/data)")

@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .callbacks.grad_compression import GradCompression
 from .callbacks.throughput import ThroughputMeter
 from .compression.prune import nonzero_params
 from .config_check import ConfigError, check_config
@@ -103,6 +104,8 @@ def run(cfg: DictConfig) -> dict:
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     plugin = precision_plugin(cfg.precision.name, accelerator)
     meter = ThroughputMeter(cfg.measure.warmup_steps)
+    # DDP gradient compression (trainer=ddp*): a comm hook that also counts the bytes sent
+    comm = [GradCompression(trainer_kw.pop("grad_compression"))] if "grad_compression" in trainer_kw else []
 
     log.info("run dir   %s", run_dir)
     # the highest folder this run creates: removed again if the config turns out to be bad
@@ -111,7 +114,7 @@ def run(cfg: DictConfig) -> dict:
     logger = instantiate(cfg.logger)
     if hasattr(logger, "log_hyperparams"):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(**trainer_kw, plugins=[plugin], logger=logger, callbacks=[meter],
+    trainer = pl.Trainer(**trainer_kw, plugins=[plugin], logger=logger, callbacks=[meter, *comm],
                          enable_checkpointing=False, default_root_dir=str(run_dir))
     record = {"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
               "model": cfg.model.name, "method": cfg.method.name,
@@ -138,6 +141,8 @@ def run(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             module.method.export(module.net, model_file)
         record.update(meter.summary(trainer.world_size))
+        for c in comm:
+            record.update(c.summary())
         record.update({
             "status": "diverged" if diverged else "ok",
             "top1": None if diverged else float(metrics["test/top1"]),
