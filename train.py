@@ -42,8 +42,9 @@ def precheck(argv: list[str]) -> None:
             node = OmegaConf.select(base, parent) if parent else base
             if not isinstance(node, DictConfig) or leaf not in node:
                 valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "(none)"
+                hint = " (the wandb keys come with logger=wandb)" if key.startswith("wandb.") else ""
                 raise ConfigError(f"{key}={value}: unknown key; valid keys under "
-                                  f"{parent or 'the top level'}: {valid}")
+                                  f"{parent or 'the top level'}: {valid}{hint}")
         try:
             cfg = compose("config", overrides=overrides)
         except Exception as e:  # anything else Hydra rejects: its first line

@@ -64,6 +64,17 @@ def test_failing_run_does_not_stop_the_sweep_and_rerun_redoes_only_it(tmp_path):
     assert "adhoc_heatmap.png" in page
 
 
+@pytest.mark.parametrize("launcher,target,key,value", [
+    ("local", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs", 2),
+    ("slurm", "hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "timeout_min", 120)])
+def test_launcher_configs_extend_the_plugins(launcher, target, key, value):
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == f"hydra_plugins.{target}" and cfg.hydra.launcher[key] == value
+    assert cfg.hydra.callbacks.sweep_report._target_ == "lightning_modules.sweep.SweepReport"
+
+
 def _writer(results_dir: str, k: int, n: int) -> None:
     for i in range(n):
         rec = {"suite": "conc", "run_name": f"w{k}-{i}", "model": "lenet5", "method": "fp32",
