@@ -9,7 +9,7 @@ DATA_DIR ?=
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
 
-.PHONY: help install data test bench overhead clean
+.PHONY: help install data browser test bench report wandb-sync overhead clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -30,11 +30,27 @@ data: $(VENV)/.installed  ## Fashion-MNIST raw files under data/ (Debian package
 	fi
 	$(PY) -m datamodules.fashion_mnist --prepare
 
-test: install  ## run the test suite (CPU, a few minutes)
+browser:  ## Debian's chromium + chromium-driver (the report test renders the page in it)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian packages chromium chromium-driver"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else echo "no chromium: the report's browser test will be skipped (apt-get install chromium chromium-driver)"; fi; \
+	fi
+
+test: install browser  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
 
-bench: install  ## run suite SUITE (default: precision) and write results/tables/SUITE.{md,csv,html}; DATA_DIR sets data.root
-	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR)))
+bench: install  ## run suite SUITE (default: precision), write results/tables/SUITE.{md,csv,html}, rebuild the report; DATA_DIR sets data.root
+	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR))); rc=$$?; \
+	$(PY) -m benchmarks.report --results-dir $(RESULTS); exit $$rc
+
+report: install  ## results/report/index.html (+ PNG plots) from every record under results/runs
+	$(PY) -m benchmarks.report --results-dir $(RESULTS)
+
+wandb-sync: install  ## upload the offline W&B runs under results/wandb (needs WANDB_API_KEY)
+	@ls -d $(RESULTS)/wandb/offline-run-* >/dev/null 2>&1 || { echo "no offline runs under $(RESULTS)/wandb"; exit 1; }
+	$(VENV)/bin/wandb sync --yes $(RESULTS)/wandb/offline-run-*
 
 overhead: install  ## harness vs hand-written PyTorch loop, training throughput (LeNet-300-100)
 	$(PY) -m benchmarks.overhead

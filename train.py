@@ -1,7 +1,9 @@
 """One run: `python train.py model=lenet5 method=fp32 precision=16-mixed data=fashion_mnist`.
 
 A Hydra app (conf/config.yaml); any key can be overridden, `-m` sweeps. Bad input is said in one
-line (key, value, what is valid) with exit status 2, before anything is written.
+line (key, value, what is valid) with exit status 2, before anything is written. In a sweep a
+failed run does not stop the others; the sweep lists the failures and exits 1
+(lightning_modules/sweep.py).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def precheck(argv: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     groups = [o for o in overrides if o.partition("=")[0].lstrip("+~") in GROUPS]
-    keys = [o for o in overrides if o not in groups and not o.startswith(("hydra.", "+", "~"))]
+    keys = [o for o in overrides if o not in groups and not o.startswith(("hydra.", "hydra/", "+", "~"))]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         base = compose("config", overrides=groups)
         for o in keys:
@@ -40,8 +42,9 @@ def precheck(argv: list[str]) -> None:
             node = OmegaConf.select(base, parent) if parent else base
             if not isinstance(node, DictConfig) or leaf not in node:
                 valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else "(none)"
+                hint = " (the wandb keys come with logger=wandb)" if key.startswith("wandb.") else ""
                 raise ConfigError(f"{key}={value}: unknown key; valid keys under "
-                                  f"{parent or 'the top level'}: {valid}")
+                                  f"{parent or 'the top level'}: {valid}{hint}")
         try:
             cfg = compose("config", overrides=overrides)
         except Exception as e:  # anything else Hydra rejects: its first line
@@ -51,9 +54,16 @@ def precheck(argv: list[str]) -> None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from datamodules.fashion_mnist import DataError
+    from lightning_modules import sweep
     from lightning_modules.run import run
 
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep.job(cfg, run)
+        return
     try:
         run(cfg)
     except (ConfigError, DataError) as e:
@@ -67,3 +77,6 @@ if __name__ == "__main__":
     except ConfigError as e:
         _fail(str(e))
     main()
+    from lightning_modules.sweep import failures
+
+    sys.exit(1 if failures() else 0)

@@ -4,7 +4,8 @@ A suite is `conf/suite/<name>.yaml`: `common` overrides plus a list of `runs` (o
 Each run is a separate `train.py` process (a crash or a DDP launch cannot disturb the others).
 A run whose record exists with status ok and the same config_hash is skipped, so an interrupted
 suite resumes where it stopped. Then the table is rebuilt from the records:
-<results_dir>/tables/<name>.{md,csv,html}. Extra `key=value` arguments apply to every run.
+<results_dir>/tables/<name>.{md,csv,html}. Extra `key=value` arguments apply to every run; with
+`logger=wandb` the table and plots are also logged to W&B (benchmarks/wandb_suite.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from benchmarks import tables
+from benchmarks import tables, wandb_suite
 from lightning_modules.config_check import ConfigError, check_overrides, choices, normalize_overrides
 from lightning_modules.record import config_hash, read_record, write_json_atomic
 
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                              reference_table=suite.get("reference"), pivot=suite.get("pivot"),
                              plot=bool(suite.get("plot", False)), kind=suite.get("table", "quant"))
         print(f"table: {paths['md']} (+ .csv, .html)")
+        to_wandb = wandb_suite.wanted(runs[0]["overrides"]) if runs else None
+        if to_wandb is not None:
+            where = wandb_suite.log_suite(name, suite, records, Path(args.results_dir), **to_wandb)
+            print(f"wandb: table and plots logged ({where})")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

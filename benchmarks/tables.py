@@ -69,7 +69,9 @@ def frame(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    fp32 = df[(df.method == "fp32") & (df.precision == "32")].set_index("model")
+    # each model's FP32 run (a finished one; the last if several) is the throughput reference
+    fp32 = df[(df.method == "fp32") & (df.precision == "32") & (df.status == "ok")]
+    fp32 = fp32.drop_duplicates("model", keep="last").set_index("model")
     for col in ("train_it_s", "test_it_s"):
         ref = df.model.map(fp32[col]) if not fp32.empty else pd.Series(float("nan"), index=df.index)
         df[f"{col}_vs_fp32"] = df[col] / ref

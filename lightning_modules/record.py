@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 
 # Keys that say where or how results are kept, not what was run: they do not enter config_hash.
-NOT_HASHED = ("results_dir", "run_dir", "run_name", "logger", "suite")
+NOT_HASHED = ("results_dir", "run_dir", "run_name", "logger", "wandb", "suite")
 
 RECORD_KEYS = ("suite", "run_name", "config_hash", "model", "method", "bits", "precision", "dataset",
                "epochs", "batch_size", "seed", "status", "top1", "top5", "train_it_s",

@@ -168,7 +168,11 @@ def run(cfg: DictConfig) -> dict:
         record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
         if trainer.is_global_zero:
             record["wall_s"] = time.perf_counter() - t_start
+            # the record and nothing else: no half-written model file or checkpoint left beside it
+            for p in run_dir.iterdir():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             write_json_atomic(run_dir / "record.json", _ordered(record))
+            finish(trainer.loggers, _ordered(record), exit_code=1)
         raise
     record["wall_s"] = time.perf_counter() - t_start
     record = _ordered(record)

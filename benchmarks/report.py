@@ -1,0 +1,239 @@
+"""The HTML report: `python -m benchmarks.report [--results-dir results] [--out DIR]` (`make report`).
+
+One page, `<results_dir>/report/index.html`, from every record under `<results_dir>/runs/`, with
+its PNG plots beside it (nothing loaded from elsewhere): per suite its table (as
+benchmarks/tables.py builds it, plus the difference from the paper's number where the paper has
+the row), the published rows, and plots: Precision@1 against footprint (log scale, Pareto front),
+a W x A heat map of P@1 for each method swept over both bitwidths, training and test throughput
+relative to FP32. Hardware and git commit in the header. Every string is HTML-escaped. A record
+being written (not yet valid JSON) is left out, so the report can be built while runs go on.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from benchmarks import tables
+from lightning_modules.record import git_sha, hardware_line, read_record
+
+REPO = Path(__file__).resolve().parents[1]
+# the paper's model names (benchmarks/reference/paper_numbers.csv) -> ours
+PAPER_MODELS = {"LeNet-300-100": "lenet300", "LeNet-5": "lenet5"}
+
+
+def load_records(results_dir: Path) -> dict[str, list[dict]]:
+    """Records by suite (the record's `suite`), suites and runs in name order. A record that is
+    missing, half-written or lacks the fields a table needs is skipped."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(Path(results_dir).glob("runs/*/*/record.json")):
+        rec = read_record(path)
+        if not isinstance(rec, dict) or not isinstance(rec.get("bits"), dict) \
+                or not all(k in rec for k in ("model", "method", "precision", "status")):
+            continue
+        out.setdefault(str(rec.get("suite") or path.parent.parent.name), []).append(rec)
+    return dict(sorted(out.items()))
+
+
+def suite_config(name: str) -> dict:
+    path = REPO / "conf" / "suite" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+
+
+def paper_delta(df: pd.DataFrame, table: str | None, csv_path: Path = tables.REFERENCE_CSV) -> list[str]:
+    """Per row: our Precision@1 minus the paper's (points) where the paper has the same model,
+    method, precision and bits; where it has the row for other models only (the documents'
+    ImageNet table), their training throughput relative to FP32, to set beside ours."""
+    if not table:
+        return ["-"] * len(df)
+    ref = pd.read_csv(csv_path, dtype={"precision": str})
+    ref = ref[ref.table == table]
+    fp = ref[(ref.method == "fp32") & (ref.precision == "32")].set_index("model").train_it_s
+    out = []
+    for r in df.itertuples():
+        same = ref[(ref.method == r.method) & (ref.precision == str(r.precision)) & (ref.w == r.bits_w)
+                   & (ref.a == r.bits_a) & (ref.g == r.bits_g)]
+        mine = same[same.model.map(PAPER_MODELS) == r.model]
+        if not mine.empty and r.status == "ok" and not pd.isna(r.top1):
+            p = mine.iloc[-1]
+            out.append(f"{100 * (r.top1 - p.top1):+.2f} pts P@1 vs {p.label} ({p.dataset})")
+        elif not same.empty:
+            ratios = [f"{m} {t / fp[m]:.2f}×" for m, t in zip(same.model, same.train_it_s)
+                      if m in fp and not pd.isna(t)]
+            out.append(f"paper train ×FP32: {', '.join(ratios)}" if ratios else "-")
+        else:
+            out.append("-")
+    return out
+
+
+def sweeps(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per method, its ok rows when it was swept over at least two W and two A bitwidths."""
+    ok = df[df.status == "ok"]
+    return {str(g.get("method_label", g.method).iloc[0] or m): g for m, g in ok.groupby("method", sort=False)
+            if g.bits_w.nunique() >= 2 and g.bits_a.nunique() >= 2}
+
+
+def plot_heatmap(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """A W (rows) x A (columns) heat map of Precision@1 per swept method; None if none was."""
+    swept = sweeps(df)
+    if not swept:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(swept), figsize=(3.6 * len(swept) + 1, 3.8), dpi=110, squeeze=False)
+    for ax, (label, g) in zip(axes[0], swept.items()):
+        t = g.pivot_table(index="bits_w", columns="bits_a", values="top1", aggfunc="last").sort_index()
+        t = t[sorted(t.columns)] * 100
+        im = ax.imshow(t.values, cmap="viridis", aspect="auto", vmin=t.min().min(), vmax=t.max().max())
+        ax.set_xticks(range(len(t.columns)), [f"A{a}" for a in t.columns])
+        ax.set_yticks(range(len(t.index)), [f"W{w}" for w in t.index])
+        mid = (t.min().min() + t.max().max()) / 2
+        for (i, j), v in pd.DataFrame(t.values).stack().items():
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="k" if v > mid else "w")
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=ax, label="Precision@1 (%)")
+    fig.suptitle(f"{name}: Precision@1 (%), W bits (rows) x A bits (columns)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_throughput(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """Training and test throughput relative to the same model's FP32 row, one bar pair per run."""
+    ok = df[(df.status == "ok") & (df.train_it_s_vs_fp32.notna() | df.test_it_s_vs_fp32.notna())]
+    if ok.empty:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{lab} · {m}" for lab, m in zip(ok.label, ok.model)]
+    y = range(len(ok))
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(ok) + 1.4), dpi=110)
+    ax.barh([i - 0.2 for i in y], ok.train_it_s_vs_fp32.fillna(0), height=0.4, label="training")
+    ax.barh([i + 0.2 for i in y], ok.test_it_s_vs_fp32.fillna(0), height=0.4, label="test")
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("throughput relative to the model's FP32 run (×)")
+    ax.set_title(f"{name}: throughput relative to FP32", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def slug(name: str) -> str:
+    """A suite name as a file name and HTML id: letters, digits, `_`, `-`, `.`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
+
+
+def suite_plots(name: str, df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """The suite's plots as PNGs in out_dir: {title: path}, only those with something to show."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / slug(name)
+    plots = {"Precision@1 against footprint": tables.plot_footprint(name, df, Path(f"{base}_footprint.png")),
+             "Precision@1, W x A": plot_heatmap(name, df, Path(f"{base}_heatmap.png")),
+             "Throughput relative to FP32": plot_throughput(name, df, Path(f"{base}_throughput.png"))}
+    return {k: v for k, v in plots.items() if v is not None}
+
+
+def suite_table(records: list[dict], cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(frame, the shown table with its Δ vs paper and status columns)."""
+    df = tables.frame(records)
+    shown = tables.display_compression(df) if cfg.get("table") == "compression" else tables.display(df)
+    errors = df.get("error", pd.Series(None, index=df.index))
+    shown["status"] = [f"{s}: {e}" if s == "failed" and isinstance(e, str) else s
+                       for s, e in zip(df.status, errors)]
+    shown["Δ vs paper"] = paper_delta(df, cfg.get("reference"))
+    return df, shown
+
+
+def _e(s) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def section(name: str, records: list[dict], out_dir: Path) -> str:
+    cfg = suite_config(name)
+    df, shown = suite_table(records, cfg)
+    hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
+    shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
+    n_ok = int((df.status == "ok").sum())
+    parts = [f"<section id='suite-{slug(name)}' class='suite'><h2>{_e(name)}</h2>",
+             f"<p>{_e(cfg.get('description', ''))}</p>",
+             f"<p class='meta'>{len(df)} runs ({n_ok} ok). Hardware: {_e('; '.join(hw) or 'unknown')}. "
+             f"Commit: {_e(', '.join(shas) or 'unknown')}.</p>",
+             shown.to_html(index=False, border=0, classes="results", na_rep="-")]
+    if cfg.get("pivot"):
+        for label, t in tables.pivot_tables(df, **cfg["pivot"]).items():
+            parts += [f"<h3>{_e(label)}: Precision@1, W (rows) x A (columns)</h3>",
+                      t.to_html(border=0, classes="pivot")]
+    if cfg.get("reference"):
+        read = tables.reference_compression if cfg.get("table") == "compression" else tables.reference
+        ref = read(cfg["reference"])
+        if not ref.empty:
+            parts += [f"<h3>Published reference ({_e(cfg['reference'])})</h3>",
+                      ref.to_html(index=False, border=0, classes="reference", na_rep="-")]
+    for title, png in suite_plots(name, df, out_dir).items():
+        parts.append(f"<figure><img src='{_e(png.name)}' alt='{_e(title)}'>"
+                     f"<figcaption>{_e(title)}</figcaption></figure>")
+    return "".join(parts) + "</section>"
+
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+         "font-size:13px;margin:.5em 0}td,th{padding:3px 7px;border-bottom:1px solid #ddd;text-align:left}"
+         "figure{display:inline-block;margin:.5em 1em .5em 0}img{max-width:100%}.meta{color:#555}"
+         "section{border-top:2px solid #333;margin-top:2em}")
+
+
+def build(results_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write <out_dir>/index.html (default <results_dir>/report) and its PNGs; return the page."""
+    out_dir = Path(out_dir) if out_dir else Path(results_dir) / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_suite = load_records(results_dir)
+    hw = sorted({hardware_line(r["hardware"]) for rs in by_suite.values() for r in rs
+                 if isinstance(r.get("hardware"), dict)})
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    head = [f"<h1>Compression benchmark report</h1>",
+            f"<p class='meta'>Built {_e(now)} from {sum(map(len, by_suite.values()))} records in "
+            f"{_e(Path(results_dir).resolve() / 'runs')}. Commit: {_e(git_sha() or 'unknown')}. "
+            f"Hardware: {_e('; '.join(hw) or 'unknown')}.</p>",
+            "<nav><ul>" + "".join(f"<li><a href='#suite-{slug(n)}'>{_e(n)}</a> ({len(rs)} runs)</li>"
+                                  for n, rs in by_suite.items()) + "</ul></nav>"]
+    if not by_suite:
+        head.append("<p>No records yet: run a suite (`make bench`).</p>")
+    body = head + [section(n, rs, out_dir) for n, rs in by_suite.items()]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Compression benchmark report</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+    index = out_dir / "index.html"
+    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=out_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(page)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, index)
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--out", default=None, help="default: <results-dir>/report")
+    args = p.parse_args(argv)
+    index = build(Path(args.results_dir), args.out)
+    print(f"report: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Sweeps: `train.py -m model=lenet5,resnet8 bits.w=1,2,4 bits.a=2,4` (any launcher).
+
+Each job is one run with its own record. In a sweep, train.py hands each job to `job()`:
+- a run already done (its record has status ok and the same config_hash) is skipped, so
+  rerunning a sweep redoes only what failed or never ran;
+- a run that fails leaves its record with status "failed" and the error line (run.py writes it;
+  `job()` writes one when the run failed before run.py could) and the sweep goes on;
+- each job writes its outcome to `<sweep dir>/jobs/<job number>.json` (one file per job, written
+  atomically: local processes and SLURM nodes on a shared file system alike).
+`SweepReport`, a Hydra callback (conf/config.yaml), lists the outcomes when the sweep ends;
+train.py then exits 1 if any run failed (`failures()`).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from .config_check import ConfigError
+from .record import RECORD_KEYS, config_hash, read_record, write_json_atomic
+
+log = logging.getLogger("harness")
+_FAILED: list[dict] = []  # filled by SweepReport in the process that launched the sweep
+
+
+def _error_line(e: BaseException) -> str:
+    line = f"{type(e).__name__}: {e}".strip().splitlines()
+    return line[0] if line else type(e).__name__
+
+
+def done(cfg: DictConfig) -> dict | None:
+    """The run's record if it is done: status ok and the same config_hash."""
+    rec = read_record(Path(cfg.run_dir) / "record.json")
+    if rec and rec.get("status") == "ok" and rec.get("config_hash") == config_hash(cfg):
+        return rec
+    return None
+
+
+def failed_record(cfg: DictConfig, error: str) -> dict:
+    """A record for a run that failed before run.py wrote one (the contract's keys, unknowns None)."""
+    rec = {k: None for k in RECORD_KEYS}
+    rec.update({"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
+                "model": cfg.model.name, "method": cfg.method.name,
+                "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")},
+                "precision": cfg.precision.name, "seed": int(cfg.seed), "status": "failed",
+                "error": error})
+    return rec
+
+
+def job(cfg: DictConfig, run) -> dict:
+    """One job of a sweep: skip if done, else `run(cfg)`; never raises for a failed run."""
+    from datamodules.fashion_mnist import DataError
+
+    record_path = Path(cfg.run_dir) / "record.json"
+    outcome = {"run_name": cfg.run_name, "run_dir": str(cfg.run_dir), "config_hash": config_hash(cfg)}
+    if done(cfg):
+        log.info("skip      %s (done, config_hash %s)", cfg.run_name, outcome["config_hash"])
+        outcome["status"] = "skipped"
+    else:
+        try:
+            outcome["status"] = run(cfg)["status"]
+        except (ConfigError, DataError) as e:  # bad input: nothing written, said in one line
+            outcome.update(status="failed", error=str(e))
+            print(f"error: {e}", file=sys.stderr)
+        except Exception as e:
+            outcome.update(status="failed", error=_error_line(e))
+            log.exception("run %s failed", cfg.run_name)
+            rec = read_record(record_path)
+            if not rec or rec.get("status") != "failed" or rec.get("config_hash") != outcome["config_hash"]:
+                write_json_atomic(record_path, failed_record(cfg, outcome["error"]))
+    hc = HydraConfig.get()
+    write_json_atomic(Path(hc.sweep.dir) / "jobs" / f"{hc.job.num}.json", outcome)
+    return outcome
+
+
+def outcomes(sweep_dir: Path) -> list[dict]:
+    files = sorted(Path(sweep_dir).glob("jobs/*.json"), key=lambda p: int(p.stem))
+    return [o for o in (read_record(p) for p in files) if o]
+
+
+class SweepReport(Callback):
+    """At the end of a sweep: how many runs finished, were skipped or failed; the failures listed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        outs = outcomes(Path(config.hydra.sweep.dir))
+        counts = {s: sum(o["status"] == s for o in outs) for s in ("ok", "skipped", "diverged", "failed")}
+        print(f"sweep: {len(outs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+              + f" (outcomes in {Path(config.hydra.sweep.dir) / 'jobs'})", flush=True)
+        _FAILED[:] = [o for o in outs if o["status"] == "failed"]
+        if _FAILED:
+            lines = [f"  {o['run_name']}: {o.get('error')}" for o in _FAILED]
+            print(f"error: {len(_FAILED)} run(s) failed:", *lines, sep="\n", file=sys.stderr, flush=True)
+
+
+def failures() -> list[dict]:
+    """The failed runs of the sweep this process launched (empty for a single run)."""
+    return list(_FAILED)
