@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
         f"{args.batch_size}, test batch {args.eval_batch_size}, median of {args.rounds} interleaved "
         f"rounds ({args.steps} training steps, {args.test_steps} test batches each; "
         "`python -m benchmarks.quant_speed`).  ",
-        f"Hardware: {hw}, {torch.get_num_threads()} torch threads.  ", "",
+        f"Hardware: {hw}; machine load average at the end {os.getloadavg()[0]:.1f} (ratios are only as good as the machine is quiet).  ", "",
         shown.to_markdown(index=False), ""])
     print(md)
     out = Path(args.out)
