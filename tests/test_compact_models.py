@@ -91,6 +91,12 @@ def test_shift_by_indexing_equals_the_one_hot_depthwise_conv(channels, k, dilati
     x = torch.randn(2, channels, 7, 6)
     conv = F.conv2d(x, shift.one_hot_kernel(), padding=shift.pad, dilation=dilation, groups=channels)
     assert torch.equal(shift(x), conv)
+    # its hand-written backward (the opposite shift) is the conv's gradient too
+    g = torch.randn_like(conv)
+    xs, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (shift(xs) * g).sum().backward()
+    (F.conv2d(xc, shift.one_hot_kernel(), padding=shift.pad, dilation=dilation, groups=channels) * g).sum().backward()
+    assert torch.equal(xs.grad, xc.grad)
     # K^2 groups, sizes as equal as possible; the centre group is not moved
     assert sum(shift.sizes) == channels and max(shift.sizes) - min(shift.sizes) <= 1
     assert len(shift.sizes) == k * k
@@ -208,3 +214,25 @@ def test_sspq_method_quantizes_only_pointwise_convs_and_exports_packed(tmp_path)
         assert torch.equal(again.eval()(x), ref)
     # 2-bit point-wise weights: the file is at least 5x smaller than the float32 export
     assert fp32_file.stat().st_size / path.stat().st_size >= 5
+
+
+# --- the compact table ---------------------------------------------------------------------------
+
+def test_compact_table_shows_cost_and_the_size_chain(tmp_path):
+    from benchmarks import tables
+    from tests.test_tables import rec
+    chain = [rec("resnet20", "32", 10.0, 1.0, 0.80, params=269_434, flops=61_642_496, bops=0,
+                 flops_effective=61_642_496, footprint_bytes=1_111_395),
+             rec("sspq_small", "32", 8.0, 1.0, 0.76, params=126_000, flops=32_300_000, bops=0,
+                 flops_effective=32_300_000, footprint_bytes=546_495),
+             rec("sspq_small", "32", 8.0, 1.0, 0.75, method="sspq", bits=(2, 4, 32),
+                 method_label="SSPQ (DoReFa 1x1)", params=126_000, flops=32_300_000,
+                 bops=8 * 15_000_000, flops_effective=2_300_000 + 2 * 8 * 15_000_000 // 64,
+                 footprint_bytes=100_000)]
+    t = tables.display_compact(tables.frame(chain))
+    assert list(t.columns) == tables.COMPACT_COLUMNS
+    assert list(t.Network) == ["resnet20", "sspq_small", "sspq_small + SSPQ (DoReFa 1x1)"]
+    assert list(t["Size ×"]) == ["1.0×", "2.0×", "11.1×"]  # against the first row's file
+    assert list(t.BOPs) == ["0", "0", "120.00M"] and t["FLOPs eff."].iloc[2] == "6.05M"
+    md = tables.write("sspq_chain", "chain", chain, tmp_path, kind="compact")["md"].read_text()
+    assert "| sspq_small + SSPQ (DoReFa 1x1) |" in md

@@ -4,18 +4,17 @@
   out_features x in_features (biases and BatchNorm not counted; torch.utils.flop_counter counts
   the same products and reports 2 FLOPs per multiply-add).
 - BOPs (binary operations), as the binary-network papers report them (Rastegari et al. 2016,
-  XNOR-Net Sec. 3.2; Liu et al. 2018, Bi-Real Net Sec. 4.3; Zhou et al. 2016, DoReFa-Net Sec. 2.1,
-  "bit convolution kernels ... cost ~ M x K" bitwise operations): a layer whose weights AND
-  inputs are both quantized (W < 32 and A < 32 bits) computes its dot products with
-  AND/XNOR + popcount over bit planes, W x A of them per multiply-add:
+  XNOR-Net; Zhou et al. 2016, DoReFa-Net's bit convolution kernels; Liu et al. 2018, Bi-Real
+  Net): a layer whose weights AND inputs are both quantized (W < 32 and A < 32 bits) computes
+  its dot products with AND/XNOR + popcount over bit planes, W x A of them per multiply-add:
 
       BOPs(layer) = MACs(layer) x W x A
 
   A layer with only quantized weights (BinaryConnect, BWN, DoReFa W1A32) still multiplies real
   activations: it is counted in FLOPs, not BOPs.
 - Effective FLOPs: the papers' OPs = FLOPs + BOPs / 64 (a 64-bit CPU does 64 binary operations
-  in one instruction; Bi-Real Net Table 4, XNOR-Net's 58x). Those papers count a multiply-add as
-  one FLOP; this harness counts it as 2 (flop_counter), so in harness units
+  in one instruction; Bi-Real Net's OPs). Those papers count a multiply-add as one FLOP; this
+  harness counts it as 2 (flop_counter), so in harness units
 
       flops_effective = (flops - 2 MACs(binary layers)) + 2 BOPs / 64
 

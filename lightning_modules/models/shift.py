@@ -1,7 +1,7 @@
 """Shift instead of spatial convolution: ShiftNet (Wu et al. 2017) and Active Shift (Jeon & Kim 2018).
 
 - `Shift` (Wu et al., "Shift: A Zero FLOP, Zero Parameter Alternative to Spatial Convolutions",
-  CVPR 2018, Sec. 3): the channels are split into K^2 equal groups; group (i, j) is moved by
+  arXiv 2017, CVPR 2018): the channels are split into K^2 equal groups; group (i, j) is moved by
   (i - K//2, j - K//2) pixels, zeros shifted in. out[c, y, x] = in[c, y + dy_c, x + dx_c]. It is
   a depthwise conv whose kernels are one-hot (`one_hot_kernel`), but computed here by strided
   copies into a zero tensor (its gradient: the opposite shift): no multiply, no parameter
@@ -9,9 +9,9 @@
 - `ActiveShift` (Jeon & Kim, "Constructing Fast Network through Deconstruction of Convolution",
   NeurIPS 2018, ASL): each channel c has a learnable, real-valued shift (a_c, b_c);
   out[c, y, x] = in[c, y + a_c, x + b_c] by bilinear interpolation (zeros outside), so the
-  shifts get gradients (eq. 4-5 of the paper). Bilinear interpolation costs 4 multiply-adds per
-  output value (grid_sample, which torch.utils.flop_counter does not count); 2 C parameters.
-- `ShiftResNet` (Wu et al., Sec. 4.1, CIFAR): the CIFAR ResNet of He et al. with every basic
+  shifts get gradients. Bilinear interpolation costs 4 multiply-adds per output value
+  (grid_sample, which torch.utils.flop_counter does not count); 2 C parameters.
+- `ShiftResNet` (Wu et al., CIFAR experiments): the CIFAR ResNet of He et al. with every basic
   block's two 3x3 convs replaced by a Conv-Shift-Conv module: 1x1 conv (expansion eps) -> BN ->
   ReLU -> shift -> 1x1 conv (stride) -> BN, option-A shortcuts as in `resnet_cifar`.
 """
@@ -139,7 +139,7 @@ def make_shift(kind: str, channels: int, kernel_size: int = 3) -> nn.Module:
 
 
 class ShiftBlock(nn.Module):
-    """Conv-Shift-Conv (Wu et al. Fig. 3): 1x1 (in -> eps*out) -> BN -> ReLU -> shift ->
+    """Conv-Shift-Conv (Wu et al.): 1x1 (in -> eps*out) -> BN -> ReLU -> shift ->
     1x1 (stride) -> BN, + shortcut, ReLU."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, expansion: float = 6,
@@ -160,7 +160,7 @@ class ShiftBlock(nn.Module):
 
 
 class ShiftResNet(nn.Module):
-    """ShiftResNet-(6n+2) for CIFAR (Wu et al. 2017, Table 3): CifarResNet's layout with
+    """ShiftResNet-(6n+2) for CIFAR (Wu et al. 2017): CifarResNet's layout with
     Conv-Shift-Conv blocks. Per block 2 eps C^2 weights instead of the basic block's 18 C^2, so
     eps < 9 has fewer parameters than the ResNet of the same depth. `shift="active"` uses
     Jeon & Kim's active shift instead (the documents' "Active Shift" net)."""
