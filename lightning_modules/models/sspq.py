@@ -55,7 +55,8 @@ class SSPQNet(nn.Module):
                  expansion: float = 4, head: int | None = 2048, stem: str = "auto"):
         super().__init__()
         if len(widths) != len(blocks):
-            raise ValueError(f"widths={list(widths)} and blocks={list(blocks)}: one block count per stage")
+            raise ValueError(f"widths={list(widths)} and blocks={list(blocks)}: "
+                             "one block count per stage")
         if _small(stem, image_size):
             self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                       nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))

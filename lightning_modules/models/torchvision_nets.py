@@ -100,7 +100,8 @@ def resnet(in_channels: int = 3, image_size: int = 224, num_classes: int = 1000,
     if depth not in builders:
         raise ValueError(f"depth={depth}; valid: {', '.join(map(str, builders))}")
     if dilate_last and depth < 50:
-        raise ValueError(f"dilate_last with depth={depth}: torchvision dilates Bottleneck ResNets only (>= 50)")
+        raise ValueError(f"dilate_last with depth={depth}: torchvision dilates Bottleneck "
+                         "ResNets only (depth >= 50)")
     m = builders[depth](weights=None, num_classes=num_classes,
                         replace_stride_with_dilation=[False, False, dilate_last])
     return _resnet_stem(m, in_channels, _small(stem, image_size))

@@ -49,7 +49,8 @@ def test_full_precision_has_no_bops():
     assert cost(net, (1, 28, 28), None, flops) == {"bops": 0, "flops_effective": flops}
 
 
-@pytest.mark.parametrize("name,w,a", [("xnor", 1, 1), ("dorefa", 1, 2), ("dorefa", 2, 4), ("bwn", 1, 32)])
+@pytest.mark.parametrize("name,w,a", [("xnor", 1, 1), ("dorefa", 1, 2), ("dorefa", 2, 4),
+                                      ("bwn", 1, 32)])
 def test_bops_are_macs_times_w_times_a_bits(name, w, a, make_method):
     """XNOR/DoReFa layers (W and A quantized) cost MACs x W x A binary ops; the skipped first
     conv and last linear, and weight-only methods (BWN), stay in FLOPs. Effective FLOPs keep the
