@@ -82,6 +82,19 @@ def test_every_model_composes_with_every_kind_of_method(model, method):
     out.square().mean().backward()
 
 
+@pytest.mark.parametrize("model,params", [
+    ("resnet18", 11_689_512),         # torchvision / He et al. 2016: 11.7M
+    ("mobilenet_v1", 4_231_976),      # Howard et al. 2017, Table 1 / 8: 4.2M
+    ("mobilenet_v2", 3_504_872),      # Sandler et al. 2018: 3.4M (torchvision's 3.5M)
+    ("efficientnet_b0", 5_288_548),   # Tan & Le 2019, Table 2: 5.3M (torchvision's efficientnet_b0)
+])
+def test_imagenet_forms_have_the_published_size(model, params):
+    net = build(model, 3, 224, 1000)
+    assert n_params(net) == params
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
 # --- shift ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("channels,k,dilation", [(18, 3, 1), (20, 3, 1), (25, 5, 1), (9, 3, 2)])
