@@ -18,7 +18,8 @@ REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_numbers.c
 PRECISION_LABELS = {"32": "FP (32)", "16-mixed": "FP (16) w/ LS", "16-mixed-noscale": "FP (16) wo/ LS",
                     "bf16-mixed": "BF (16)"}
 COLUMNS = ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)", "Precision@1",
-           "Precision@5", "Footprint", "Train ×FP32", "Test ×FP32", "compute dtype"]
+           "Precision@5", "Footprint", "Train ×FP32", "Test ×FP32", "compute dtype", "Params",
+           "FLOPs", "BOPs"]
 
 
 def label(rec: dict) -> str:
@@ -92,12 +93,21 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
         "Train ×FP32": [_ratio(x, 1.0) for x in df.train_it_s_vs_fp32],
         "Test ×FP32": [_ratio(x, 1.0) for x in df.test_it_s_vs_fp32],
         "compute dtype": df.get("compute_dtype", pd.Series("-", index=df.index)).fillna("-"),
+        **_cost_columns(df),
     })
     return out[COLUMNS]
 
 
+def _cost_columns(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Params, FLOPs (one sample, 2 per multiply-add) and BOPs (compression/cost.py) as text;
+    "-" for records written before the key existed."""
+    col = lambda k: df.get(k, pd.Series(float("nan"), index=df.index))  # noqa: E731
+    return {"Params": [_count(n) for n in col("params")], "FLOPs": [_count(n) for n in col("flops")],
+            "BOPs": [_count(n) for n in col("bops")]}
+
+
 COMPRESSION_COLUMNS = ["Network", "model", "Top-1 Error", "Top-5 Error", "Parameters",
-                       "Compress. rate", "Footprint", "File rate", "FLOPs", "Thruput. (Test)",
+                       "Compress. rate", "Footprint", "File rate", "FLOPs", "BOPs", "Thruput. (Test)",
                        "Test ×FP32"]
 
 
@@ -149,9 +159,35 @@ def display_compression(df: pd.DataFrame) -> pd.DataFrame:
         "Footprint": [human_bytes(f) for f in df.footprint_bytes],
         "File rate": _ratio_series(of("footprint_bytes"), df.footprint_bytes),
         "FLOPs": [_count(f) for f in flops],
+        "BOPs": _cost_columns(df)["BOPs"],
         "Thruput. (Test)": [_speed(a, b) for a, b in zip(df.test_it_s, df.test_samples_s)],
         "Test ×FP32": [_ratio(x, 1.0) for x in df.test_it_s_vs_fp32],
     })[COMPRESSION_COLUMNS]
+
+
+COMPACT_COLUMNS = ["Network", "model", "Precision@1", "Precision@5", "Params", "FLOPs", "BOPs",
+                   "FLOPs eff.", "Footprint", "Size ×", "Thruput. (Training)", "Thruput. (Test)"]
+
+
+def display_compact(df: pd.DataFrame) -> pd.DataFrame:
+    """Compact nets side by side, in the suite's order: accuracy, cost (parameters, FLOPs,
+    BOPs and FLOPs + BOPs/64 of one sample), the exported file and how many times smaller than
+    the first row's it is (the documents' size chain), measured throughput."""
+    first = df.footprint_bytes.iloc[0]
+    col = lambda k: df.get(k, pd.Series(float("nan"), index=df.index))  # noqa: E731
+    return pd.DataFrame({
+        "Network": [m if meth == "fp32" else f"{m} + {lab if isinstance(lab, str) and lab else meth}"
+                    for m, meth, lab in zip(df.model, df.method, col("method_label"))],
+        "model": df.model,
+        "Precision@1": [_pct(x) if s == "ok" else s for x, s in zip(df.top1, df.status)],
+        "Precision@5": [_pct(x) if s == "ok" else s for x, s in zip(df.top5, df.status)],
+        **_cost_columns(df),
+        "FLOPs eff.": [_count(n) for n in col("flops_effective")],
+        "Footprint": [human_bytes(f) for f in df.footprint_bytes],
+        "Size ×": _ratio_series(pd.Series(first, index=df.index), df.footprint_bytes),
+        "Thruput. (Training)": [_speed(a, b) for a, b in zip(df.train_it_s, df.train_samples_s)],
+        "Thruput. (Test)": [_speed(a, b) for a, b in zip(df.test_it_s, df.test_samples_s)],
+    })[COMPACT_COLUMNS]
 
 
 def _ratio_series(num: pd.Series, den: pd.Series) -> list[str]:
@@ -299,10 +335,10 @@ def write(name: str, description: str, records: list[dict], out_dir: Path,
     df = frame(records)
     if df.empty:
         raise ValueError(f"suite {name}: no records to tabulate")
-    if kind not in ("quant", "compression"):
-        raise ValueError(f"suite {name}: table={kind!r}; valid: quant, compression")
+    if kind not in ("quant", "compression", "compact"):
+        raise ValueError(f"suite {name}: table={kind!r}; valid: quant, compression, compact")
     compression = kind == "compression"
-    shown = display_compression(df) if compression else display(df)
+    shown = {"compression": display_compression, "compact": display_compact}.get(kind, display)(df)
     read_ref = reference_compression if compression else reference
     ref = read_ref(reference_table) if reference_table else pd.DataFrame()
     head = _header(name, description, df)

@@ -4,7 +4,11 @@ import pytest
 from tests.conftest import train
 
 CASES = [
-    (["model=foo"], "model=foo: unknown model; valid: lenet300, lenet5, mlp2x1200, mlp2x800, resnet20, resnet8"),
+    (["model=foo"], "model=foo: unknown model; valid: active_shift_resnet20, alexnet, densenet_bc, "
+                    "efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3, lenet300, lenet5, "
+                    "mlp2x1200, mlp2x800, mobilenet_v1, mobilenet_v2, resnet18, resnet20, resnet50, resnet8, "
+                    "resnet_dilated, shift_resnet20, shift_resnet56, shufflenet, sspq, sspq_small, vgg16, "
+                    "vgg_small"),
     (["method=foo"], "method=foo: unknown method; valid: "),
     (["data=foo"], "data=foo: unknown data; valid: "),
     (["precision=fp8"], "precision=fp8: unknown precision; valid: 16-mixed, 16-mixed-noscale, 32, bf16-mixed"),

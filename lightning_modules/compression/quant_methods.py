@@ -87,7 +87,18 @@ class QuantMethod(Method):
     def grad_quant(self, layer: nn.Module):
         return None
 
-    def _swap(self, name: str, layer: nn.Module, channels: dict[str, int]) -> nn.Module:
+    # which Conv2d/Linear layers the method quantizes (besides `skip`): "all", or "pointwise"
+    # (1x1 convs with groups=1 only: SSPQ's quantized point-wise convs)
+    layers: str = "all"
+
+    def selects(self, layer: nn.Module) -> bool:
+        if self.layers == "all":
+            return True
+        return isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1
+
+    def _swap(self, name: str, layer: nn.Module, channels: dict[str, int]) -> nn.Module | None:
+        if not self.selects(layer):
+            return None
         cls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
         bn = channels.get(name, True) if self.input_bn else False
         return cls.from_float(layer, weight_quant=self.weight_quant(layer),
@@ -201,8 +212,12 @@ class DoReFa(QuantMethod):
     """DoReFa-Net (Zhou et al. 2016): k_w-bit weights, k_a-bit activations in [0, 1], k_g-bit
     gradients of each layer's output (stochastic rounding, per-sample max)."""
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "dorefa"):
+    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "dorefa",
+                 layers: str = "all"):
         super().__init__(name, bits, skip, input_bn)
+        if layers not in ("all", "pointwise"):
+            raise ConfigError(f"method.layers={layers}: valid: all, pointwise")
+        self.layers = layers
 
     def weight_quant(self, layer):
         return None if self.bits["w"] == 32 else partial(Q.dorefa_weight, k=self.bits["w"])
