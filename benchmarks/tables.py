@@ -281,6 +281,12 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def legend_name(label, method: str) -> str:
+    """A run's method label for a legend; the method name when the record has none (None, NaN
+    in a frame, or empty)."""
+    return method if label is None or label == "" or (isinstance(label, float) and pd.isna(label)) else str(label)
+
+
 def plot_footprint(name: str, df: pd.DataFrame, path: Path, x: str = "footprint_bytes",
                    y: str = "top1") -> Path | None:
     """Precision@1 against footprint (log scale), one marker per method, the Pareto front as a line
@@ -295,7 +301,7 @@ def plot_footprint(name: str, df: pd.DataFrame, path: Path, x: str = "footprint_
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     markers = "osD^vP*Xh<>"
     for i, (method, g) in enumerate(ok.groupby("method", sort=False)):
-        shown = str(g.get("method_label", g.method).iloc[0] or method)
+        shown = legend_name(g.get("method_label", g.method).iloc[0], method)
         ax.scatter(g[x] / 1024, 100 * g[y], marker=markers[i % len(markers)], label=shown, s=36)
         for _, r in g.iterrows():
             ax.annotate(f"{r.bits_w},{r.bits_a}", (r[x] / 1024, 100 * r[y]), fontsize=6,

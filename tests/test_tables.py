@@ -71,6 +71,14 @@ def test_pivot_is_w_by_a_per_method(tmp_path):
     assert "DoReFa-Net: top1 by bits_w (rows) and bits_a (columns)" in md and "| W32 " in md
 
 
+def test_legend_name_falls_back_to_the_method_for_missing_labels():
+    from benchmarks.tables import legend_name
+    assert legend_name("XNOR-Net", "xnor") == "XNOR-Net"
+    assert [legend_name(v, "fp32") for v in (None, float("nan"), "")] == ["fp32"] * 3
+    frame_label = pd.DataFrame([{"method": "fp32"}, {"method": "bnn", "method_label": "BNN"}]).method_label.iloc[0]
+    assert pd.isna(frame_label) and legend_name(frame_label, "fp32") == "fp32"  # a missing key is NaN
+
+
 def test_pareto_front_by_hand():
     # (footprint, top1): b is beaten by a (smaller and better), d by c; e is the best overall
     pts = [(10, 0.80), (20, 0.79), (30, 0.85), (40, 0.84), (50, 0.90)]
