@@ -314,7 +314,7 @@ def plot_footprint(name: str, df: pd.DataFrame, path: Path, x: str = "footprint_
     ax.set_ylabel("Precision@1 (%)")
     ax.set_title(f"{name}: Precision@1 against footprint")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")  # away from the points
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
