@@ -37,6 +37,7 @@ from .share import is_shared, sharing
 from .sparse import from_sparse, to_sparse
 
 MAGIC = b"LWBDC2\r\n"
+MAGIC_V1 = b"LWBDC1\r\n"  # format 1: plain JSON header, float32 floats (still read)
 FLOAT_BITS = (32, 16)
 
 
@@ -125,7 +126,7 @@ def encode_layer(module: nn.Module, weight: torch.Tensor, gap_bits: int, use_huf
 def decode_layer(meta: dict, blobs: list[bytes]) -> torch.Tensor:
     blobs = list(blobs)
     numel = math.prod(meta["shape"])
-    fdt = _float(meta["float_bits"])
+    fdt = _float(meta.get("float_bits", 32))
     table = np.frombuffer(blobs.pop(0), fdt).astype(np.float32) if "codebook" in meta else None
     if table is not None and table.size != meta["codebook"]:
         raise ValueError(f"codebook of {table.size} values, header says {meta['codebook']}")
@@ -196,12 +197,13 @@ def read(path: str | Path) -> dict[str, torch.Tensor]:
     def fail(why: str) -> CompressedFileError:
         return CompressedFileError(f"{path}: {why}")
 
-    if len(data) < len(MAGIC) + 8 or data[:len(MAGIC)] != MAGIC:
+    if len(data) < len(MAGIC) + 8 or data[:len(MAGIC)] not in (MAGIC, MAGIC_V1):
         raise fail("not a Deep Compression file (bad magic or too short)")
     (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
     start = len(MAGIC) + 4
     try:
-        header = json.loads(zlib.decompress(data[start:start + hlen]))
+        head = data[start:start + hlen]
+        header = json.loads(zlib.decompress(head) if data[:len(MAGIC)] == MAGIC else head)
         sizes = [int(s) for s in header["blobs"]]
     except (ValueError, KeyError, TypeError, zlib.error):
         raise fail("truncated or corrupted header") from None
@@ -244,7 +246,7 @@ def report(model: nn.Module, gap_bits: dict, float_bits: int = 32) -> list[dict]
             total_bits += 8 * np.dtype(e.get("stored", e["dtype"])).itemsize * numel
             continue
         v, g = e["streams"].get("values"), e["streams"].get("gaps")
-        n, fb = (v["n"] if v else e["values"]), e["float_bits"]
+        n, fb = (v["n"] if v else e["values"]), e.get("float_bits", 32)
         bits = fb * e.get("codebook", 0) + (8 * v["alphabet"] + v["bits_huffman"] if v else fb * n)
         bits += 8 * g["alphabet"] + g["bits_huffman"] if g else 0
         name = e["key"].removesuffix(".weight")

@@ -65,6 +65,31 @@ def test_float16_storage_is_exact_and_smaller(make_method, tmp_path):
     assert sizes[32] - sizes[16] >= 2 * floats - 64  # (the deflated header differs a little)
 
 
+def test_format_1_files_still_load(make_method, tmp_path):
+    """A file of format 1 (plain JSON header, float32 floats, magic LWBDC1) written by earlier
+    versions reloads to the same predictions."""
+    import json
+    import struct
+    import zlib
+
+    from lightning_modules.compression import compressed_file as cf
+    method, net = compressed(make_method, "deep_compression", LeNet300, 0, "method.float_bits=32")
+    data = method.export(net, tmp_path / "v2.dc").read_bytes()
+    (hlen,) = struct.unpack_from("<I", data, 8)
+    header = json.loads(zlib.decompress(data[12:12 + hlen]))
+    for e in header["entries"]:
+        e.pop("float_bits", None)  # format 1 had no such field
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body = cf.MAGIC_V1 + struct.pack("<I", len(head)) + head + data[12 + hlen:-4]
+    old = tmp_path / "v1.dc"
+    old.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    assert torch.equal(outputs(method.load(LeNet300(), old)), outputs(net))
+    bad = tmp_path / "bad.dc"
+    bad.write_bytes(b"LWBDC9\r\n" + data[8:])
+    with pytest.raises(CompressedFileError, match="bad magic"):
+        method.load(LeNet300(), bad)
+
+
 def test_float_bits_must_be_32_or_16():
     with pytest.raises(ConfigError, match=r"method.float_bits=8: valid: 32, 16"):
         DeepCompression(float_bits=8)
