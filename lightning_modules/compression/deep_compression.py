@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config_check import ConfigError
 from . import compressed_file
-from .method import Method
+from .method import Method, state_mismatch
 from .prune import PruneSchedule, nonzero_params, strip
 from .share import ShareSchedule
 
@@ -110,11 +110,8 @@ class DeepCompression(Method):
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         state = compressed_file.read(path)
         model = strip(model)
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        if want != got:
-            diff = sorted(set(want.items()) ^ set(got.items()))[0]
-            raise compressed_file.CompressedFileError(f"{path}: does not match the model ({diff[0]})")
+        if (key := state_mismatch(model, state)) is not None:
+            raise compressed_file.CompressedFileError(f"{path}: does not match the model ({key})")
         model.load_state_dict(state)
         return model
 

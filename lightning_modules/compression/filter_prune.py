@@ -36,7 +36,7 @@ from torch import nn
 
 from ..config_check import ConfigError
 from ..models import CifarResNet, LeNet5
-from .method import Method
+from .method import Method, state_mismatch
 from .prune import INTERVALS, broadcast_
 
 MAGIC = b"LWBFP1\r\n"
@@ -351,10 +351,8 @@ class FilterPrune(Method):
             if not 1 <= counts[g.producer] <= mods[g.producer].out_channels:
                 raise fail(f"does not match the model ({g.producer}: {counts[g.producer]} channels)")
         out = shrink(out, {p: torch.arange(k) for p, k in counts.items()})
-        want = {k: tuple(v.shape) for k, v in out.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in payload["state"].items()}
-        if want != got:
-            raise fail(f"does not match the model ({sorted(set(want.items()) ^ set(got.items()))[0][0]})")
+        if (key := state_mismatch(out, payload["state"])) is not None:
+            raise fail(f"does not match the model ({key})")
         out.load_state_dict(payload["state"])
         return out
 

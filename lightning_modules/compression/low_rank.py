@@ -37,7 +37,7 @@ from torch import nn
 
 from ..config_check import ConfigError
 from .filter_prune import _replace, read_checked, write_checked
-from .method import Method
+from .method import Method, state_mismatch
 from .prune import layers
 
 MAGIC = b"LWBLR1\r\n"
@@ -202,10 +202,7 @@ class LowRank(Method):
                 raise TypeError("not a dict")
         except Exception as err:  # noqa: BLE001 -- any unreadable file is the user's input
             raise ConfigError(f"{where}: not an exported fp32 state dict ({type(err).__name__})") from None
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-        if want != got:
-            key = sorted(set(want.items()) ^ set(got.items()))[0][0]
+        if (key := state_mismatch(model, state)) is not None:
             raise ConfigError(f"{where}: does not fit model {type(model).__name__} ({key})")
         model.load_state_dict(state)
 
@@ -249,9 +246,7 @@ class LowRank(Method):
                 _replace(out, name, _empty(layer, ranks))
         except (KeyError, ValueError, TypeError) as err:
             raise fail(f"does not match the model ({err})") from None
-        want = {k: tuple(v.shape) for k, v in out.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in blob["state"].items()}
-        if want != got:
-            raise fail(f"does not match the model ({sorted(set(want.items()) ^ set(got.items()))[0][0]})")
+        if (key := state_mismatch(out, blob["state"])) is not None:
+            raise fail(f"does not match the model ({key})")
         out.load_state_dict(blob["state"])
         return out

@@ -93,3 +93,11 @@ class Compose(Method):
 
     def load(self, model, path):
         return self.methods[-1].load(model, path) if self.methods else super().load(model, path)
+
+
+def state_mismatch(model: nn.Module, state: dict) -> str | None:
+    """The first key (sorted) whose presence or shape differs between the model's state dict and
+    `state` (non-tensor entries ignored), or None when `state` loads into the model as is."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return None if want == got else sorted(set(want.items()) ^ set(got.items()))[0][0]

@@ -56,7 +56,7 @@ from torch.nn.utils import parametrize
 
 from ..config_check import ConfigError
 from .filter_prune import _replace, _sliced, read_checked, write_checked
-from .method import Method
+from .method import Method, state_mismatch
 from .pack import pack_bits, unpack_bits
 from .prune import INTERVALS, broadcast_, layers
 
@@ -377,10 +377,8 @@ class ProductQuant(Method):
         except (ValueError, RuntimeError, KeyError, TypeError) as err:
             raise fail(f"unreadable content ({type(err).__name__})") from None
         out = _plain(copy.deepcopy(model))
-        want = {k: tuple(v.shape) for k, v in out.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        if want != got:
-            raise fail(f"does not match the model ({sorted(set(want.items()) ^ set(got.items()))[0][0]})")
+        if (key := state_mismatch(out, state)) is not None:
+            raise fail(f"does not match the model ({key})")
         out.load_state_dict(state)
         for name, code in coded.items():
             out.get_submodule(name).pq_code = code
