@@ -14,8 +14,7 @@ GROUPS = ("data", "model", "method", "bits", "precision", "trainer", "optimizer"
           "logger", "suite")
 
 
-class ConfigError(ValueError):
-    """A bad config value. str(e) is the one line shown to the user."""
+from .compression.errors import ConfigError  # noqa: F401  (re-exported: the one user-error type)
 
 
 def choices(group: str) -> list[str]:
