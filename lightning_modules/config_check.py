@@ -9,12 +9,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from .compression.errors import ConfigError  # noqa: F401  (re-exported: the one user-error type)
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("data", "model", "method", "bits", "precision", "trainer", "optimizer", "scheduler",
           "logger", "suite")
-
-
-from .compression.errors import ConfigError  # noqa: F401  (re-exported: the one user-error type)
 
 
 def choices(group: str) -> list[str]:
