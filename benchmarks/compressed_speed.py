@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lightning_modules.compression.distill import load_teacher
+from lightning_modules.earlier_runs import load_run
 from lightning_modules.config_check import ConfigError
 from lightning_modules.record import hardware, hardware_line, read_record
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suite={args.suite}: only Fashion-MNIST suites are supported (test images)", file=sys.stderr)
         return 2
     try:
-        nets = [load_teacher(str(Path(r["model_file"]).parent), results_dir, key="suite")[0] for r in recs]
+        nets = [load_run(str(Path(r["model_file"]).parent), results_dir, key="suite")[0] for r in recs]
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2

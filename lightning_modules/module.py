@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from .callbacks.method_hooks import MethodHooks
 from .compression.method import Method
 
 
@@ -94,4 +95,4 @@ class CompressionModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval}}
 
     def configure_callbacks(self):
-        return self.method.callbacks()
+        return [MethodHooks(self.method)]

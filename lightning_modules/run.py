@@ -24,6 +24,7 @@ from .callbacks.throughput import ThroughputMeter
 from .compression.cost import cost
 from .compression.prune import nonzero_params
 from .config_check import ConfigError, check_config
+from .earlier_runs import resolve_references
 from .loggers import finish
 from .module import CompressionModule
 from .precision import loss_scale, precision_plugin
@@ -31,12 +32,6 @@ from .record import RECORD_KEYS, config_hash, git_sha, hardware, write_json_atom
 
 log = logging.getLogger("harness")
 
-
-def _without(node: DictConfig, *keys: str) -> DictConfig:
-    c = OmegaConf.to_container(node, resolve=True)
-    for k in keys:
-        c.pop(k, None)
-    return OmegaConf.create(c)
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -48,10 +43,15 @@ def build_net(cfg: DictConfig, dm) -> torch.nn.Module:
                        num_classes=dm.num_classes, _convert_="all")
 
 
-def build_method(cfg: DictConfig):
-    """The method object; a ConfigError it raises (bad bits for it) reaches the user as is."""
+def build_method(cfg: DictConfig, shape: tuple[int, int, int] | None = None):
+    """The method object, its earlier-run references (teacher, start_from, init_from) built first
+    (earlier_runs.py; `shape` = this run's (C, H, classes)); a ConfigError it raises (bad bits for
+    it) reaches the user as is."""
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    method.pop("label", None)
+    method = resolve_references(method, cfg.results_dir, cfg.suite.name, shape)
     try:
-        return instantiate(_without(cfg.method, "label"), _convert_="all")
+        return instantiate(method, _convert_="all")
     except InstantiationException as e:
         if isinstance(e.__cause__, ConfigError):
             raise e.__cause__ from None
@@ -60,8 +60,9 @@ def build_method(cfg: DictConfig):
 
 def build_module(cfg: DictConfig, dm) -> CompressionModule:
     sched = cfg.scheduler
+    shape = (dm.in_channels, dm.image_size, dm.num_classes)
     return CompressionModule(
-        net=build_net(cfg, dm), method=build_method(cfg), num_classes=dm.num_classes,
+        net=build_net(cfg, dm), method=build_method(cfg, shape), num_classes=dm.num_classes,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(sched.factory) if sched.factory is not None else None,
         scheduler_interval=sched.interval)

@@ -34,10 +34,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config_check import ConfigError
+from .errors import ConfigError
 from ..models import CifarResNet, LeNet5
 from .method import Method, state_mismatch
-from .prune import INTERVALS, broadcast_
+from .prune import broadcast_
+from .schedule import Schedule
 
 MAGIC = b"LWBFP1\r\n"
 POSITIONS = "_filter_prune_positions"  # module attribute: output positions per sample (H*W)
@@ -218,7 +219,7 @@ def shrink(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
 
 class FilterPrune(Method):
     """`method=filter_prune`. flops_target: fraction of the FLOPs kept at `end`; interval,
-    start, end, frequency: the pruning steps (like PruneSchedule); min_channels: per group."""
+    start, end, frequency: the pruning steps (a `Schedule`, start >= 1); min_channels: per group."""
 
     def __init__(self, name: str = "filter_prune", flops_target: float = 0.5, interval: str = "epoch",
                  start: int = 1, end: int = 1, frequency: int = 1, min_channels: int = 1):
@@ -227,18 +228,11 @@ class FilterPrune(Method):
         if not ok or not 0 < flops_target <= 1:
             raise ConfigError(f"method.flops_target={flops_target}: must be a number in (0, 1] "
                               "(fraction of the original FLOPs kept)")
-        if interval not in INTERVALS:
-            raise ConfigError(f"method.interval={interval}: valid: {', '.join(INTERVALS)}")
-        for key, v, lo in (("start", start, 1), ("end", end, start), ("frequency", frequency, 1),
-                           ("min_channels", min_channels, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                why = " (Theta needs one interval of training)" if key == "start" else ""
-                raise ConfigError(f"method.{key}={v}: must be an integer >= {lo}{why}")
-        self.flops_target, self.interval, self.min_channels = float(flops_target), interval, min_channels
-        self.start, self.end, self.frequency = start, end, frequency
-        self.times = sorted({*range(start, end, frequency), end})
+        if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+            raise ConfigError(f"method.min_channels={min_channels}: must be an integer >= 1")
+        self.schedule = Schedule(start, end, frequency, interval, "method", min_start=1)
+        self.flops_target, self.min_channels = float(flops_target), min_channels
         self.history: list[dict] = []  # one row per pruning step: t, target, reached FLOPs fraction
-        self._done: set[tuple[str, int]] = set()
 
     def apply(self, model: nn.Module) -> nn.Module:
         groups = channel_groups(model)
@@ -253,30 +247,12 @@ class FilterPrune(Method):
                 m.register_forward_hook(_record_positions)
         return model
 
-    def callbacks(self) -> list:
-        from ..callbacks.prune_schedule import CompressionSchedule  # Lightning outside compression/
-        return [CompressionSchedule(self)]
-
-    def on_time(self, model: nn.Module, t: int, interval: str) -> bool:
-        """Prune if t is a pruning step of this interval (once per (interval, t))."""
-        if interval != self.interval or (interval, t) in self._done:
-            return False
-        self._done.add((interval, t))
-        if t not in self.times:
-            return False
-        k = self.times.index(t) + 1
-        target = 1.0 - (1.0 - self.flops_target) * k / len(self.times)
+    def step(self, model: nn.Module, t: int) -> None:
+        """The k-th of the n pruning steps: FLOPs down to 1 - (1 - flops_target) k / n."""
+        times = self.schedule.times
+        target = 1.0 - (1.0 - self.flops_target) * (times.index(t) + 1) / len(times)
         reached = self.prune_to(model, target)
         self.history.append({"t": t, "target": target, "flops_fraction": reached})
-        return True
-
-    def last_time(self) -> tuple[str, int, str]:
-        return self.interval, self.end, "method.end"
-
-    def unfinished(self) -> str | None:
-        if (self.interval, self.end) not in self._done:
-            return f"method.end={self.end}: the run ended before this {self.interval} (schedule unfinished)"
-        return None
 
     @torch.no_grad()
     def prune_to(self, model: nn.Module, fraction: float) -> float:

@@ -17,8 +17,8 @@ group is shrunk by its proximal operator, the group soft-threshold with step t =
     W_g <- W_g * max(0, 1 - t / ||W_g||_2)
 
 so a group whose norm falls below t becomes exactly zero (proximal gradient descent for SGD; the
-same shrinkage after an Adam step). It runs from a torch optimizer step post-hook (global, acting
-only on the optimizer that holds this net's weights): the method needs no Lightning. DDP: every
+same shrinkage after an Adam step). It runs in the method's `after_step(model, lr)` hook (the
+harness calls it after every optimizer step, with that step's learning rate). DDP: every
 rank applies the same shrinkage to the same weights. `proximal: false`: R is added to the loss
 (subgradient) and groups only become small.
 
@@ -35,9 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ..config_check import ConfigError
+from .errors import ConfigError
 from .filter_prune import FilterPrune, Group, channel_groups, shrink
 from .method import Method
 
@@ -109,22 +108,16 @@ class GroupLasso(Method):
         self.proximal, self.min_channels = bool(proximal), min_channels
         self.net: nn.Module | None = None
         self.removed: dict[str, int] = {}  # feature maps removed per producer (finalize)
-        self._hook = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         channel_groups(model)  # a ConfigError for an unsupported model, before training
         self.net = model
-        if self.proximal and self._hook is None:
-            self._hook = register_optimizer_step_post_hook(self._after_step)
         return model
 
-    def _after_step(self, optimizer, args, kwargs) -> None:
-        if self.net is None:
-            return
-        anchor = self.net.get_submodule(channel_groups(self.net)[0].producer).weight
-        lr = next((pg["lr"] for pg in optimizer.param_groups for p in pg["params"] if p is anchor), None)
-        if lr is not None:  # the optimizer of this net
-            prox(self.net, float(lr) * self.strength)
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        """The proximal step (group soft-threshold at lr * lambda) after every optimizer step."""
+        if self.proximal:
+            prox(model, lr * self.strength)
 
     def loss(self, logits, target, batch):
         if self.proximal or self.net is None:
@@ -144,9 +137,6 @@ class GroupLasso(Method):
 
     @torch.no_grad()
     def finalize(self, model: nn.Module) -> nn.Module:
-        if self._hook is not None and model is self.net:
-            self._hook.remove()
-            self._hook, self.net = None, None
         keep = self.keep(model)
         scale_groups(model, [torch.zeros(model.get_submodule(p).out_channels, device=idx.device)
                              .index_fill_(0, idx, 1.0) for p, idx in keep.items()])

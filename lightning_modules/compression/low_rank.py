@@ -18,8 +18,8 @@ e of the total; `params_ratio` p keeps at most p of the layer's weights (SVD: r 
 + a^2 C_in C_out K^2). A layer whose factored form would not be smaller stays as it is.
 
 Factoring changes the parameter set, so it is done once, in `apply`, before the optimizer
-exists: the weights come from a trained fp32 run (`init_from`: an exported state-dict file, or a
-run name looked up as <runs_dir>/*/<name>/model.pt, the newest if several) and the run
+exists: the weights come from a trained fp32 run (`init_from`: its state dict, which the harness
+builds from a run name, run directory or model file, lightning_modules/earlier_runs.py) and the run
 fine-tunes the factored net. The factored layers are real smaller layers: params and FLOPs fall
 in the record. `export` writes the ranks and the factored state dict (MAGIC + crc32 container of
 filter_prune.write_checked); `load` rebuilds the factored structure on a fresh model.
@@ -29,13 +29,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config_check import ConfigError
+from .errors import ConfigError
 from .filter_prune import _replace, read_checked, write_checked
 from .method import Method, state_mismatch
 from .prune import layers
@@ -168,7 +168,7 @@ class LowRank(Method):
 
     def __init__(self, name: str = "low_rank", energy: float | None = 0.9,
                  params_ratio: float | None = None, kinds: Sequence[str] = KINDS,
-                 skip: Sequence[str] = (), init_from: str | None = None, runs_dir: str = "results/runs"):
+                 skip: Sequence[str] = (), init_from: Mapping | None = None):
         super().__init__(name)
         if (energy is None) == (params_ratio is None):
             raise ConfigError(f"method.energy={energy}, method.params_ratio={params_ratio}: set "
@@ -179,37 +179,18 @@ class LowRank(Method):
         if bad or isinstance(kinds, str):
             raise ConfigError(f"method.kinds={kinds}: a list of {', '.join(KINDS)} "
                               "(fc: SVD of Linear layers, conv: Tucker-2 of Conv2d layers)")
-        self.kinds, self.skip, self.runs_dir = list(kinds), list(skip), runs_dir
-        self.init_from = None if init_from is None else self.resolve(str(init_from))
+        self.kinds, self.skip = list(kinds), list(skip)
+        self.init_from = init_from  # the trained weights to factor (a state dict the harness hands over)
         self.ranks: dict[str, list[int]] = {}
 
-    def resolve(self, init_from: str) -> Path:
-        """A file, or a run name: the newest <runs_dir>/*/<name>/model.pt."""
-        path = Path(init_from)
-        if path.is_file():
-            return path
-        hits = sorted(Path(self.runs_dir).glob(f"*/{init_from}/model.pt"), key=lambda p: p.stat().st_mtime)
-        if not hits:
-            raise ConfigError(f"method.init_from={init_from}: no such file and no "
-                              f"{self.runs_dir}/*/{init_from}/model.pt (train that fp32 run first)")
-        return hits[-1]
-
     def _load_init(self, model: nn.Module) -> None:
-        where = f"method.init_from={self.init_from}"
-        try:
-            state = torch.load(self.init_from, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise TypeError("not a dict")
-        except Exception as err:  # noqa: BLE001 -- any unreadable file is the user's input
-            raise ConfigError(f"{where}: not an exported fp32 state dict ({type(err).__name__})") from None
-        if (key := state_mismatch(model, state)) is not None:
-            raise ConfigError(f"{where}: does not fit model {type(model).__name__} ({key})")
-        model.load_state_dict(state)
+        if (key := state_mismatch(model, self.init_from)) is not None:
+            raise ConfigError(f"method.init_from: its weights do not fit model {type(model).__name__} ({key})")
+        model.load_state_dict(self.init_from)
 
     def apply(self, model: nn.Module) -> nn.Module:
         if self.init_from is not None:
             self._load_init(model)
-            log.info("low rank  weights from %s", self.init_from)
         self.ranks = {}
         for name, layer in layers(model, self.skip):
             if ("fc" if isinstance(layer, nn.Linear) else "conv") not in self.kinds:

@@ -1,18 +1,34 @@
 """What a compression method is: a transformation of a model, not a training loop.
 
-A method is selected by `method=<name>` (conf/method/<name>.yaml, with `_target_` the class) and
-offers four hooks that the single LightningModule calls:
+A method is selected by `method=<name>` (conf/method/<name>.yaml, `_target_` the class). These are
+ALL the hooks the harness calls (module.py, callbacks/method_hooks.py, run.py); each has a
+default, so a method overrides only what it changes:
 
-- `apply(model) -> model`        swap layers, add masks, ... (before training)
-- `callbacks() -> list`          Lightning callbacks: schedules (pruning ramp, k-means step)
-- `loss(logits, target, batch)`  extra or replacement loss (distillation); None = cross-entropy
-- `finalize(model) -> model`     after training, before testing and export: make the trained
-  structure physical (filter pruning removes the masked channels); the default is the identity
-- `report(model) -> rows | None` per-layer rows for the suite's per-layer table (Deep Compression)
-- `export(model, path)`          write the deployable file; `footprint_bytes` is its size.
-  `load(model, path)` rebuilds the model from it with identical predictions.
+before training
+- `apply(model) -> model`           swap layers, install masks / parametrizations (once, before the
+                                    optimizer sees the parameters)
+- `check(max_epochs)`               at fit start: raise ConfigError if the method's schedule cannot
+                                    finish within the run (default: `schedule.check`)
+while training
+- `on_time(model, t, interval)`     at the start of every epoch (interval "epoch", t = epoch) and
+                                    every batch (interval "step", t = global step): one-off work
+                                    (prune, k-means, PQ's EM) when `self.schedule` is due; runs the
+                                    method's `step(model, t)` once per due time (default)
+- `after_step(model, lr)`           after every optimizer step, with its learning rate (clip
+                                    latent weights, group lasso's proximal step)
+- `loss(logits, target, batch)`     the training loss, or None for cross-entropy (distillation)
+- `unfinished() -> str | None`      after fit: why the schedule did not reach its end, or None
+after training
+- `finalize(model) -> model`        make the trained structure physical (drop pruned channels,
+                                    round to the stored precision); what is tested is what is saved
+- `layer_bits(model) -> {name: {w, a, g}}`  bits of every layer the method quantizes (cost model,
+                                    BOPs, the record's `layers[]`); {} for a float model
+- `report(model) -> rows | None`    per-layer rows for the suite's per-layer table
+- `export(model, path) -> Path`     write the deployable file; the footprint is its size
+- `load(model, path) -> model`      rebuild a fresh model from the file: identical predictions
 
-Methods compose (prune -> share -> huffman): `Compose` chains them in order.
+Methods compose: `Compose(prune=..., share=..., code=...)` chains parts in order (Deep Compression
+is prune -> share -> Huffman-coded file, conf/method/deep_compression.yaml).
 """
 from __future__ import annotations
 
@@ -21,24 +37,51 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ConfigError
+from .schedule import Schedule
+
 
 class Method:
     """Base class and the identity: full-precision training, weights saved as a state dict."""
 
+    schedule: Schedule | None = None
+
     def __init__(self, name: str = "fp32"):
         self.name = name
+        self.done: set[tuple[str, int]] = set()  # (interval, t) already handled by on_time
 
     def apply(self, model: nn.Module) -> nn.Module:
         return model
 
-    def callbacks(self) -> list:
-        return []
+    def check(self, max_epochs: int | None) -> None:
+        if self.schedule is not None:
+            self.schedule.check(max_epochs)
+
+    def on_time(self, model: nn.Module, t: int, interval: str) -> None:
+        s = self.schedule
+        if s is None or interval != s.interval or (interval, t) in self.done:
+            return
+        self.done.add((interval, t))  # once per time, e.g. under gradient accumulation
+        if s.due(t, interval):
+            self.step(model, t)
+
+    def step(self, model: nn.Module, t: int) -> None:
+        """The scheduled work at time t (only called by `on_time`, when due)."""
+
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        return None
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch) -> torch.Tensor | None:
         return None
 
+    def unfinished(self) -> str | None:
+        return None if self.schedule is None else self.schedule.unfinished(self.done)
+
     def finalize(self, model: nn.Module) -> nn.Module:
         return model
+
+    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        return {}
 
     def report(self, model: nn.Module) -> list[dict] | None:
         return None
@@ -59,40 +102,78 @@ class FullPrecision(Method):
 
 
 class Compose(Method):
-    """Apply methods in order; the last one that exports decides the file format."""
+    """Parts applied in the order given (keyword order = YAML order), e.g.
+    `Compose(name="deep_compression", prune=Prune(...), share=Share(...), code=DeepCompressionFile(...))`.
 
-    def __init__(self, methods: list[Method], name: str = "compose"):
+    apply / finalize: in order; on_time / after_step: every part, in order; check / unfinished:
+    every part (the first complaint); scheduled parts must run one after the other (a later part
+    starts after the earlier one's last step); loss: the last part that gives one; layer_bits:
+    merged, later parts override; report, export, load: the last part (it writes the file)."""
+
+    def __init__(self, name: str = "compose", label: str | None = None, **parts: Method):
         super().__init__(name)
-        self.methods = list(methods)
+        if not parts:
+            raise ConfigError(f"method={name}: a composition needs at least one part")
+        for key, part in parts.items():
+            if not isinstance(part, Method):
+                raise ConfigError(f"method.{key}={part!r}: not a method (needs a _target_)")
+        self.parts = dict(parts)
+        scheduled = [p.schedule for p in self.parts.values() if p.schedule is not None]
+        for earlier, later in zip(scheduled, scheduled[1:]):
+            later.after(earlier)
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    @property
+    def methods(self) -> list[Method]:
+        return list(self.parts.values())
+
+    def apply(self, model):
         for m in self.methods:
             model = m.apply(model)
         return model
 
-    def callbacks(self) -> list:
-        return [cb for m in self.methods for cb in m.callbacks()]
+    def check(self, max_epochs):
+        for m in self.methods:
+            m.check(max_epochs)
+
+    def on_time(self, model, t, interval):
+        for m in self.methods:
+            m.on_time(model, t, interval)
+
+    def after_step(self, model, lr):
+        for m in self.methods:
+            m.after_step(model, lr)
 
     def loss(self, logits, target, batch):
         for m in reversed(self.methods):
-            out = m.loss(logits, target, batch)
-            if out is not None:
+            if (out := m.loss(logits, target, batch)) is not None:
                 return out
         return None
+
+    def unfinished(self):
+        return next((why for m in self.methods if (why := m.unfinished())), None)
 
     def finalize(self, model):
         for m in self.methods:
             model = m.finalize(model)
         return model
 
+    def layer_bits(self, model):
+        out: dict[str, dict[str, int]] = {}
+        for m in self.methods:
+            out.update(m.layer_bits(model))
+        return out
+
     def report(self, model):
-        return next((r for m in reversed(self.methods) if (r := m.report(model)) is not None), None)
+        return self.methods[-1].report(model)
 
     def export(self, model, path):
-        return self.methods[-1].export(model, path) if self.methods else super().export(model, path)
+        return self.methods[-1].export(model, path)
 
     def load(self, model, path):
-        return self.methods[-1].load(model, path) if self.methods else super().load(model, path)
+        return self.methods[-1].load(model, path)
+
+    def __repr__(self) -> str:
+        return f"Compose({', '.join(f'{k}={m!r}' for k, m in self.parts.items())})"
 
 
 def state_mismatch(model: nn.Module, state: dict) -> str | None:

@@ -25,7 +25,7 @@ moved onto a perturbed copy of the most populated one (Sec. 3.1; J unchanged). C
 from k sub-vectors drawn at random (`seed`); a layer with fewer than k sub-vectors gets the
 largest power of two below their number.
 
-Schedule (`on_time`, called by callbacks/prune_schedule.py): train normally; at `start` the last
+Schedule (a one-step `Schedule` at `start`; the harness calls `on_time`): train normally; at `start` the last
 `calibration_batches` training inputs (kept by a forward pre-hook) are passed through the net and
 the layers are quantized one after the other, each on the inputs of the already quantized
 layers before it; then the codebooks are fine-tuned: W = C[a] (a `parametrize` parametrization
@@ -54,11 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..config_check import ConfigError
+from .errors import ConfigError
 from .filter_prune import _replace, _sliced, read_checked, write_checked
 from .method import Method, state_mismatch
 from .pack import pack_bits, unpack_bits
-from .prune import INTERVALS, broadcast_, layers
+from .prune import broadcast_, layers
+from .schedule import Schedule
 
 MAGIC = b"LWBPQ1\r\n"
 FORMAT = "lwb-pq-1"
@@ -218,22 +219,19 @@ class ProductQuant(Method):
             if not kernel and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"method.block_size.{key}={v}: must be a positive integer"
                                   + ("" if key == "fc" else " or kernel (= K*K)"))
-        if interval not in INTERVALS:
-            raise ConfigError(f"method.interval={interval}: valid: {', '.join(INTERVALS)}")
-        for key, v, lo in (("start", start, 1), ("calibration_batches", calibration_batches, 1),
+        self.schedule = Schedule(start, start, 1, interval, "method", min_start=1)
+        for key, v, lo in (("calibration_batches", calibration_batches, 1),
                            ("em_iters", em_iters, 1), ("seed", seed, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                why = " (calibration needs training batches)" if key == "start" else ""
-                raise ConfigError(f"method.{key}={v}: must be an integer >= {lo}{why}")
+                raise ConfigError(f"method.{key}={v}: must be an integer >= {lo}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ConfigError(f"method.temperature={temperature}: must be a number > 0")
-        self.k, self.skip, self.interval, self.start = centroids, list(skip), interval, start
+        self.k, self.skip = centroids, list(skip)
         self.calibration_batches, self.em_iters, self.seed = calibration_batches, em_iters, seed
         self.distill, self.temperature = bool(distill), float(temperature)
         self.names: list[str] = []
         self.history: dict[str, list[float]] = {}  # J after every E-step, per layer
         self.teacher: nn.Module | None = None
-        self._done: set[tuple[str, int]] = set()
 
     def block_of(self, name: str, module: nn.Module) -> int:
         """d for this layer; ConfigError if it does not divide the layer's row length D."""
@@ -264,26 +262,8 @@ class ProductQuant(Method):
             model.register_forward_pre_hook(_remember_input)
         return model
 
-    def callbacks(self) -> list:
-        from ..callbacks.prune_schedule import CompressionSchedule  # Lightning outside compression/
-        return [CompressionSchedule(self)]
-
-    def on_time(self, model: nn.Module, t: int, interval: str) -> bool:
-        if interval != self.interval or (interval, t) in self._done:
-            return False
-        self._done.add((interval, t))
-        if t != self.start:
-            return False
+    def step(self, model: nn.Module, t: int) -> None:
         self.quantize(model)
-        return True
-
-    def last_time(self) -> tuple[str, int, str]:
-        return self.interval, self.start, "method.start"
-
-    def unfinished(self) -> str | None:
-        if (self.interval, self.start) not in self._done:
-            return f"method.start={self.start}: the run ended before this {self.interval} (never quantized)"
-        return None
 
     @torch.no_grad()
     def quantize(self, model: nn.Module) -> None:

@@ -11,7 +11,7 @@ export. A layer keeps the weights with
 
 Pruning is monotone: a weight once removed stays removed (new mask = old mask AND new test).
 
-Iterative schedule (`PruneSchedule`): prune at t = start, start + frequency, ..., and at end
+Iterative schedule (`Prune`, a `Schedule`): prune at t = start, start + frequency, ..., and at end
 (t in epochs or steps), retraining in between. With a target sparsity the level ramps as AGP
 (Zhu & Gupta 2017, Eq. 1):
 
@@ -33,10 +33,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from ..config_check import ConfigError
+from .errors import ConfigError
+from .method import Method
+from .schedule import Schedule
 from .swap import quantizable, resolve_skip
-
-INTERVALS = ("epoch", "step")
 
 
 def broadcast_(t: torch.Tensor) -> torch.Tensor:
@@ -203,50 +203,39 @@ def nonzero_params(model: nn.Module) -> int:
     return int(sum(int(torch.count_nonzero(plain[n])) for n in names))
 
 
-class PruneSchedule:
-    """Which layers to prune, how much, and when (pure torch; the Lightning callback calls it).
-
-    sparsity / quality: per layer (see `per_layer`), exactly one of them; interval: epoch | step;
-    start, end, frequency: in that interval; initial_sparsity: s_i of the AGP ramp."""
+class Prune(Method):
+    """Magnitude pruning as a method part (`method=prune`, and the first part of Deep Compression):
+    which layers, how much (sparsity / quality per layer, see `per_layer`: exactly one of them),
+    when (a `Schedule`: start, end, frequency in epochs or steps), initial_sparsity: s_i of the
+    AGP ramp. `apply` installs all-ones masks; each scheduled step prunes further."""
 
     def __init__(self, sparsity=None, quality=None, skip: Sequence[str] = (), interval: str = "epoch",
                  start: int = 0, end: int = 0, frequency: int = 1, initial_sparsity: float = 0.0,
-                 prefix: str = "method"):
+                 key: str = "method.prune", name: str = "prune"):
+        super().__init__(name)
         if (sparsity is None) == (quality is None):
-            raise ConfigError(f"{prefix}.sparsity={sparsity}, {prefix}.quality={quality}: "
+            raise ConfigError(f"{key}.sparsity={sparsity}, {key}.quality={quality}: "
                               "set exactly one of them")
-        if interval not in INTERVALS:
-            raise ConfigError(f"{prefix}.interval={interval}: valid: {', '.join(INTERVALS)}")
-        for key, v, lo in (("start", start, 0), ("end", end, start), ("frequency", frequency, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"{prefix}.{key}={v}: must be an integer >= {lo}")
-        per_layer(initial_sparsity, ["all"], f"{prefix}.initial_sparsity", 0.0, 1.0)
+        self.schedule = Schedule(start, end, frequency, interval, key)
+        per_layer(initial_sparsity, ["all"], f"{key}.initial_sparsity", 0.0, 1.0)
         self.sparsity, self.quality, self.skip = sparsity, quality, list(skip)
-        self.interval, self.start, self.end, self.frequency = interval, start, end, frequency
-        self.initial_sparsity, self.prefix = float(initial_sparsity), prefix
+        self.initial_sparsity, self.key = float(initial_sparsity), key
         self.targets: dict[str, float] = {}
 
-    def install(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module) -> nn.Module:
         names = [n for n, _ in layers(model, self.skip)]
-        value, key = ((self.sparsity, "sparsity") if self.sparsity is not None
-                      else (self.quality, "quality"))
-        self.targets = per_layer(value, names, f"{self.prefix}.{key}", 0.0,
-                                 1.0 if key == "sparsity" else 100.0)
+        value, k = ((self.sparsity, "sparsity") if self.sparsity is not None else (self.quality, "quality"))
+        self.targets = per_layer(value, names, f"{self.key}.{k}", 0.0, 1.0 if k == "sparsity" else 100.0)
         install_masks(model, self.skip)
         return model
 
-    def due(self, t: int) -> bool:
-        return t == self.end or (self.start <= t < self.end and (t - self.start) % self.frequency == 0)
-
-    def step(self, model: nn.Module, t: int, interval: str) -> bool:
-        """Prune if time t (in `interval` units) is on the schedule; True if it pruned."""
-        if interval != self.interval or not self.due(t):
-            return False
-        mods = dict(model.named_modules())
+    def step(self, model: nn.Module, t: int) -> None:
+        mods, s = dict(model.named_modules()), self.schedule
         for name, target in self.targets.items():
             if self.quality is not None:
                 prune_layer(mods[name], quality=target)
             else:
-                prune_layer(mods[name], sparsity=agp(t, self.start, self.end,
-                                                     min(self.initial_sparsity, target), target))
-        return True
+                prune_layer(mods[name], sparsity=agp(t, s.start, s.end, min(self.initial_sparsity, target), target))
+
+    def __repr__(self) -> str:
+        return f"Prune(sparsity={self.sparsity}, quality={self.quality}, {self.schedule})"

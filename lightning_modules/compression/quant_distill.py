@@ -1,6 +1,8 @@
 """Model compression via distillation and quantization (Polino, Pascanu & Alistarh 2018).
 
-Three methods on one quantizer, all weights-only (activations and gradients stay float32):
+Three methods on one quantizer, all weights-only (activations and gradients stay float32); the
+two distillation methods are compositions (conf/method/*.yaml) of the `kd` part (distill.py) and
+a quantizer part from here (`PolinoQuant`, `LearnedPoints`):
 
 | name                          | training                                   | weights at test / export    |
 |-------------------------------|--------------------------------------------|-----------------------------|
@@ -36,9 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config_check import ConfigError
-from .distill import KnowledgeDistillation, find_run, load_weights, run_config, run_method
-from .method import Method
+from .errors import ConfigError
+from .method import Method, state_mismatch
 from .pack import pack_bits, unpack_bits
 from .qlayers import QConv2d, QLayer, QLinear
 from .quant_methods import check_bits
@@ -243,18 +244,18 @@ def load_codes(model: nn.Module, path: str | Path) -> nn.Module:
 
 # --- the methods -----------------------------------------------------------------------------
 
-def _check_bucket(bucket_size) -> int | None:
+def _check_bucket(bucket_size, key: str = "method") -> int | None:
     ok = bucket_size is None or (isinstance(bucket_size, int) and not isinstance(bucket_size, bool)
                                  and bucket_size >= 1)
     if not ok:
-        raise ConfigError(f"method.bucket_size={bucket_size}: must be null (one bucket: the whole "
+        raise ConfigError(f"{key}.bucket_size={bucket_size}: must be null (one bucket: the whole "
                           "tensor) or an integer >= 1 (weights per bucket)")
     return bucket_size
 
 
 def _check_bool(key: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"method.{key}={value}: must be true or false")
+        raise ConfigError(f"{key}={value}: must be true or false")
     return value
 
 
@@ -266,8 +267,95 @@ def swap_quantized(model: nn.Module, make_quant, skip: Sequence[str]) -> nn.Modu
     return swap_modules(model, factory, skip)
 
 
-class _Packed:
-    """Export / load of `export_codes`'s file for the methods below (`_swap` builds the layers)."""
+class PolinoQuant(Method):
+    """Uniform b-bit weights, bucketed min-max scaling (Polino et al. 2018, Sec. 2.1).
+
+    at="train": the forward pass uses the quantized weights from the start (the straight-through
+    gradient updates full-precision shadow weights; quantized distillation's quantizer part,
+    `stochastic` rounding while training optional); at="end": the net trains in full precision
+    and `finalize` quantizes it ("PM Quant.", the paper's baseline: `method=pm_quant`).
+    Exported as b-bit codes (`export_codes`)."""
+
+    def __init__(self, bits: Mapping, bucket_size: int | None = None, stochastic: bool = False,
+                 at: str = "train", skip: Sequence[str] = (), key: str = "method",
+                 name: str = "polino_quant"):
+        super().__init__(name)
+        self.bits = check_bits(name, bits, VALID_BITS)
+        self.bucket_size, self.skip = _check_bucket(bucket_size, key), list(skip)
+        self.stochastic = _check_bool(f"{key}.stochastic", stochastic)
+        if at not in ("train", "end"):
+            raise ConfigError(f"{key}.at={at}: valid: train (quantized forward while training), "
+                              "end (quantize after training)")
+        self.at = at
+
+    def _swap(self, model: nn.Module, stochastic: bool) -> nn.Module:
+        return swap_quantized(
+            model, lambda layer: UniformQuantizer(self.bits["w"], self.bucket_size, stochastic), self.skip)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return self._swap(model, self.stochastic) if self.at == "train" else model
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return self._swap(model, False) if self.at == "end" else model
+
+    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        return _weight_bits(model, self.bits["w"])
+
+    def export(self, model: nn.Module, path: str | Path) -> Path:
+        return export_codes(model, path)
+
+    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
+        if not any(isinstance(m, QLayer) for m in model.modules()):
+            model = self._swap(model, False)
+        return load_codes(model, path)
+
+    def __repr__(self) -> str:
+        return f"PolinoQuant(W{self.bits['w']}, bucket_size={self.bucket_size}, at={self.at}, skip={self.skip})"
+
+
+class LearnedPoints(Method):
+    """Differentiable quantization's quantizer part (Polino et al. 2018, Sec. 2.2): each layer's
+    2^b points are learned by gradient descent (on the distillation loss of the `kd` part). As in
+    the paper (and its reference code) the weights come from a trained full-precision student
+    (`start_from`: its state dict, handed over by the harness from an earlier run) and stay fixed:
+    only the points train; `train_weights=true` also trains the weights (STE), e.g. from scratch."""
+
+    def __init__(self, bits: Mapping, bucket_size: int | None = 256, points_init: str = "quantiles",
+                 start_from: Mapping | None = None, train_weights: bool = False,
+                 skip: Sequence[str] = (), key: str = "method", name: str = "learned_points"):
+        super().__init__(name)
+        self.bits = check_bits(name, bits, VALID_BITS)
+        self.bucket_size, self.skip, self.key = _check_bucket(bucket_size, key), list(skip), key
+        if points_init not in ("quantiles", "uniform"):
+            raise ConfigError(f"{key}.points_init={points_init}: valid: quantiles, uniform")
+        self.points_init = points_init
+        self.train_weights = _check_bool(f"{key}.train_weights", train_weights)
+        self.start_from = start_from
+
+    def _swap(self, model: nn.Module) -> nn.Module:
+        return swap_quantized(
+            model, lambda layer: PointsQuantizer.for_weight(
+                layer.weight, self.bits["w"], self.bucket_size, self.points_init, self.train_weights),
+            self.skip)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        if self.start_from is None and not self.train_weights:
+            raise ConfigError(f"{self.key}.start_from=null: with train_weights=false the weights stay as "
+                              "initialised; valid: the run name, run directory or model file of a "
+                              f"trained full-precision student (or set {self.key}.train_weights=true)")
+        if self.start_from is not None:
+            if (k := state_mismatch(model, self.start_from)) is not None:
+                raise ConfigError(f"{self.key}.start_from: its weights do not fit this model ({k}); valid: "
+                                  "a full-precision run (fp32 or kd) of the same model")
+            model.load_state_dict(self.start_from)
+        model = self._swap(model)
+        if not self.train_weights:
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.endswith("weight_quant.points"))
+        return model
+
+    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        return _weight_bits(model, self.bits["w"])
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
         return export_codes(model, path)
@@ -278,105 +366,6 @@ class _Packed:
         return load_codes(model, path)
 
 
-class PMQuant(_Packed, Method):
-    """`method=pm_quant` ("PM Quant.", the paper's baseline): the net trains in full precision
-    (cross-entropy), then `finalize` quantizes its weights uniformly to b bits (deterministic
-    rounding, per bucket or per tensor) before testing and export."""
-
-    def __init__(self, bits: Mapping, bucket_size: int | None = None, skip: Sequence[str] = (),
-                 name: str = "pm_quant"):
-        super().__init__(name)
-        self.bits = check_bits(name, bits, VALID_BITS)
-        self.bucket_size, self.skip = _check_bucket(bucket_size), list(skip)
-
-    def _swap(self, model):
-        return swap_quantized(model, lambda layer: UniformQuantizer(self.bits["w"], self.bucket_size),
-                              self.skip)
-
-    def finalize(self, model: nn.Module) -> nn.Module:
-        return self._swap(model)
-
-    def __repr__(self) -> str:
-        return f"PMQuant(W{self.bits['w']}, bucket_size={self.bucket_size}, skip={self.skip})"
-
-
-class QuantizedDistillation(_Packed, KnowledgeDistillation):
-    """`method=quantized_distillation`: the student's forward pass uses its uniformly quantized
-    weights (stochastic or deterministic rounding while training), the gradient of the quantized
-    weights updates the full-precision shadow weights, the loss is the distillation loss."""
-
-    def __init__(self, bits: Mapping, teacher: str | None = None, results_dir: str = "results",
-                 suite: str | None = None, alpha: float = 0.7, temperature: float = 2.0,
-                 bucket_size: int | None = 256, stochastic: bool = False, skip: Sequence[str] = (),
-                 name: str = "quantized_distillation"):
-        self.bits = check_bits(name, bits, VALID_BITS)
-        self.bucket_size, self.skip = _check_bucket(bucket_size), list(skip)
-        self.stochastic = _check_bool("stochastic", stochastic)
-        super().__init__(teacher, results_dir, suite, alpha, temperature, name)
-
-    def _swap(self, model):
-        return swap_quantized(
-            model, lambda layer: UniformQuantizer(self.bits["w"], self.bucket_size, self.stochastic),
-            self.skip)
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        model = self._swap(model)
-        self.check_student(model)
-        return model
-
-
-class DifferentiableQuantization(_Packed, KnowledgeDistillation):
-    """`method=differentiable_quantization`: the 2^b points of each layer learned by gradient
-    descent on the distillation loss. As in the paper (and its reference code) the weights come
-    from a trained full-precision student (`start_from`, an earlier run) and stay fixed: only the
-    points train; `train_weights=true` also trains the weights (STE), e.g. from scratch."""
-
-    def __init__(self, bits: Mapping, teacher: str | None = None, results_dir: str = "results",
-                 suite: str | None = None, alpha: float = 0.7, temperature: float = 2.0,
-                 bucket_size: int | None = 256, points_init: str = "quantiles",
-                 start_from: str | None = None, train_weights: bool = False,
-                 skip: Sequence[str] = (), name: str = "differentiable_quantization"):
-        self.bits = check_bits(name, bits, VALID_BITS)
-        self.bucket_size, self.skip = _check_bucket(bucket_size), list(skip)
-        if points_init not in ("quantiles", "uniform"):
-            raise ConfigError(f"method.points_init={points_init}: valid: quantiles, uniform")
-        self.points_init = points_init
-        self.train_weights = _check_bool("train_weights", train_weights)
-        self.start_from = start_from
-        if start_from is None and not train_weights and teacher is not None:
-            raise ConfigError("method.start_from=null: with train_weights=false the weights stay as "
-                              "initialised; valid: the run name, run directory or model file of a "
-                              "trained full-precision student (or set method.train_weights=true)")
-        super().__init__(teacher, results_dir, suite, alpha, temperature, name)
-
-    def _swap(self, model):
-        return swap_quantized(
-            model, lambda layer: PointsQuantizer.for_weight(
-                layer.weight, self.bits["w"], self.bucket_size, self.points_init, self.train_weights),
-            self.skip)
-
-    def _start(self, model: nn.Module) -> nn.Module:
-        """The trained student's weights, loaded with its run's method."""
-        key = "method.start_from"
-        run = find_run(self.start_from, self.results_dir, self.suite, key)
-        try:
-            model = load_weights(run_method(run_config(run, key)[1]), model, run.file)
-        except ConfigError:
-            raise
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"{key}={self.start_from}: cannot load {run.file} into this model: {msg}") from None
-        if any(isinstance(m, QLayer) for m in model.modules()):
-            raise ConfigError(f"{key}={self.start_from}: a quantized run; valid: a full-precision "
-                              "run (fp32 or kd) of the same model")
-        return model
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        if self.start_from is not None:
-            model = self._start(model)
-        model = self._swap(model)
-        if not self.train_weights:
-            for name, p in model.named_parameters():
-                p.requires_grad_(name.endswith("weight_quant.points"))
-        self.check_student(model)
-        return model
+def _weight_bits(model: nn.Module, w: int) -> dict[str, dict[str, int]]:
+    return {n: {"w": w, "a": 32, "g": 32} for n, m in model.named_modules()
+            if isinstance(m, QLayer) and m.weight_quant is not None}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..config_check import ConfigError
+from .errors import ConfigError
 from . import quantizers as Q
 from .learned_quantizers import LQQuantizer, TTQQuantizer
 from .method import Method
@@ -113,11 +113,15 @@ class QuantMethod(Method):
                 m.clip_()
         return model
 
-    def callbacks(self) -> list:
-        if self.weight_clip is None:
-            return []
-        from ..callbacks.clip_weights import ClipWeights  # Lightning lives outside compression/
-        return [ClipWeights()]
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        """Latent weights back into `weight_clip` after every step (BinaryConnect, BNN)."""
+        if self.weight_clip is not None:
+            for m in model.modules():
+                if isinstance(m, QLayer):
+                    m.clip_()
+
+    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        return quantized_bits(model, self.bits)
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
         return export_packed(model, path)
@@ -130,6 +134,15 @@ class QuantMethod(Method):
     def __repr__(self) -> str:
         b = self.bits
         return f"{type(self).__name__}(W{b['w']}A{b['a']}G{b['g']}, skip={self.skip})"
+
+
+def quantized_bits(model: nn.Module, bits: Mapping) -> dict[str, dict[str, int]]:
+    """{name: {w, a, g}} of every quantized layer: the method's bits for each role its QLayer
+    quantizes, 32 for the roles it leaves in float."""
+    return {n: {"w": int(bits["w"]) if m.weight_quant is not None else 32,
+                "a": int(bits["a"]) if m.act_quant is not None else 32,
+                "g": int(bits["g"]) if m.grad_quant is not None else 32}
+            for n, m in model.named_modules() if isinstance(m, QLayer)}
 
 
 def map_channels(model: nn.Module) -> dict[str, int]:
@@ -165,6 +178,13 @@ class BinaryConnect(QuantMethod):
 
     def weight_quant(self, layer):
         return Q.StochasticSign(self.test_time) if self.stochastic else Q.ste_sign
+
+    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        """Stochastic BinaryConnect tested with real weights (test_time=real, the paper's choice)
+        deploys a float model: its layers count at 32 bits."""
+        real = self.stochastic and self.test_time == "real"
+        bits = super().layer_bits(model)
+        return {n: b | {"w": 32} for n, b in bits.items()} if real else bits
 
 
 class BNN(QuantMethod):

@@ -17,7 +17,7 @@ the b-bit code keeps its 2^b-th value for zero (pruned weights and the sparse fo
 zeros), so a pruned layer has at most 2^b distinct values, zero included, and the mask keeps the
 pruned weights exactly zero.
 
-The parametrization is installed inactive by `ShareSchedule.install` (W passes through) so that
+The parametrization is installed inactive by `Share.apply` (W passes through) so that
 the parameters never change during a run (optimizer, DDP); at the scheduled time k-means runs,
 centroids and indices are broadcast from rank 0 (DDP) and sharing switches on.
 """
@@ -29,8 +29,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..config_check import ConfigError
-from .prune import INTERVALS, broadcast_, is_masked, layers
+from .errors import ConfigError
+from .method import Method
+from .prune import broadcast_, is_masked, layers
+from .schedule import Schedule
 
 
 @torch.no_grad()
@@ -124,42 +126,41 @@ def _bits_for(module: nn.Module, bits: Mapping[str, int]) -> int:
     return bits["conv"] if isinstance(module, nn.Conv2d) else bits["fc"]
 
 
-class ShareSchedule:
-    """Which layers to share, at how many bits, and when (pure torch; the callback calls it).
-
-    bits: {conv: b, fc: b}; interval: epoch | step; start: k-means at the start of that
-    epoch/step, centroids fine-tuned afterwards; iters: Lloyd iterations at most."""
+class Share(Method):
+    """k-means weight sharing as a method part (`method=share`, Deep Compression's second part):
+    bits: {conv: b, fc: b}; skip: layers never shared; k-means at the start of epoch/step `start`
+    (a one-step `Schedule`), centroids fine-tuned afterwards; iters: Lloyd iterations at most."""
 
     def __init__(self, bits: Mapping[str, int] | None = None, skip: Sequence[str] = (),
-                 interval: str = "epoch", start: int = 0, iters: int = 50, prefix: str = "method"):
+                 interval: str = "epoch", start: int = 0, iters: int = 50, key: str = "method.share",
+                 name: str = "share"):
+        super().__init__(name)
         bits = dict(bits or {"conv": 8, "fc": 5})
         if set(bits) != {"conv", "fc"}:
-            raise ConfigError(f"{prefix}.bits={bits}: needs exactly the keys conv and fc")
-        for key, v in bits.items():
+            raise ConfigError(f"{key}.bits={bits}: needs exactly the keys conv and fc")
+        for k, v in bits.items():
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16:
-                raise ConfigError(f"{prefix}.bits.{key}={v}: must be an integer in 1..16")
-        if interval not in INTERVALS:
-            raise ConfigError(f"{prefix}.interval={interval}: valid: {', '.join(INTERVALS)}")
-        for key, v, lo in (("start", start, 0), ("iters", iters, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"{prefix}.{key}={v}: must be an integer >= {lo}")
-        self.bits, self.skip, self.interval, self.start, self.iters = bits, list(skip), interval, start, iters
+                raise ConfigError(f"{key}.bits.{k}={v}: must be an integer in 1..16")
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise ConfigError(f"{key}.iters={iters}: must be an integer >= 1")
+        self.schedule = Schedule(start, start, 1, interval, key)
+        self.bits, self.skip, self.iters, self.key = bits, list(skip), iters, key
         self.names: list[str] = []
 
-    def install(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module) -> nn.Module:
         self.names = []
         for name, m in layers(model, self.skip):
             if _bits_for(m, self.bits) == 1 and is_masked(m):
-                raise ConfigError(f"method.share.bits=1 (layer {name}): a pruned layer needs >= 2 "
+                raise ConfigError(f"{self.key}.bits=1 (layer {name}): a pruned layer needs >= 2 "
                                   "bits (one code is reserved for zero)")
             install(m, _bits_for(m, self.bits))
             self.names.append(name)
         return model
 
-    def step(self, model: nn.Module, t: int, interval: str) -> bool:
-        if interval != self.interval or t != self.start:
-            return False
+    def step(self, model: nn.Module, t: int) -> None:
         mods = dict(model.named_modules())
         for name in self.names:
             share_layer(mods[name], self.iters)
-        return True
+
+    def __repr__(self) -> str:
+        return f"Share(bits={self.bits}, {self.schedule})"

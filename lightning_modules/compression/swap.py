@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 from torch import nn
 
-from ..config_check import ConfigError
+from .errors import ConfigError
 
 TOKENS = ("first", "last")
 Factory = Callable[[str, nn.Module], nn.Module | None]
