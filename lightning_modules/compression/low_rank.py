@@ -180,7 +180,7 @@ class LowRank(Method):
             raise ConfigError(f"method.kinds={kinds}: a list of {', '.join(KINDS)} "
                               "(fc: SVD of Linear layers, conv: Tucker-2 of Conv2d layers)")
         self.kinds, self.skip = list(kinds), list(skip)
-        self.init_from = init_from  # the trained weights to factor (a state dict the harness hands over)
+        self.init_from = None if init_from is None else dict(init_from)  # the trained weights to factor (a state dict the harness hands over)
         self.ranks: dict[str, list[int]] = {}
 
     def _load_init(self, model: nn.Module) -> None:

@@ -13,7 +13,8 @@ while training
 - `on_time(model, t, interval)`     at the start of every epoch (interval "epoch", t = epoch) and
                                     every batch (interval "step", t = global step): one-off work
                                     (prune, k-means, PQ's EM) when `self.schedule` is due; runs the
-                                    method's `step(model, t)` once per due time (default)
+                                    method's `step(model, t)` once per due time (default) and
+                                    returns whether it did
 - `after_step(model, lr)`           after every optimizer step, with its learning rate (clip
                                     latent weights, group lasso's proximal step)
 - `loss(logits, target, batch)`     the training loss, or None for cross-entropy (distillation)
@@ -57,13 +58,15 @@ class Method:
         if self.schedule is not None:
             self.schedule.check(max_epochs)
 
-    def on_time(self, model: nn.Module, t: int, interval: str) -> None:
+    def on_time(self, model: nn.Module, t: int, interval: str) -> bool:
         s = self.schedule
         if s is None or interval != s.interval or (interval, t) in self.done:
-            return
+            return False
         self.done.add((interval, t))  # once per time, e.g. under gradient accumulation
-        if s.due(t, interval):
-            self.step(model, t)
+        if not s.due(t, interval):
+            return False
+        self.step(model, t)
+        return True
 
     def step(self, model: nn.Module, t: int) -> None:
         """The scheduled work at time t (only called by `on_time`, when due)."""
@@ -136,8 +139,7 @@ class Compose(Method):
             m.check(max_epochs)
 
     def on_time(self, model, t, interval):
-        for m in self.methods:
-            m.on_time(model, t, interval)
+        return any([m.on_time(model, t, interval) for m in self.methods])  # every part, in order
 
     def after_step(self, model, lr):
         for m in self.methods:

@@ -330,7 +330,7 @@ class LearnedPoints(Method):
             raise ConfigError(f"{key}.points_init={points_init}: valid: quantiles, uniform")
         self.points_init = points_init
         self.train_weights = _check_bool(f"{key}.train_weights", train_weights)
-        self.start_from = start_from
+        self.start_from = None if start_from is None else dict(start_from)
 
     def _swap(self, model: nn.Module) -> nn.Module:
         return swap_quantized(

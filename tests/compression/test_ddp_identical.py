@@ -15,8 +15,8 @@ SCHEDULE = {"prune": {"sparsity": 0.8, "start": 1, "end": 2, "frequency": 1},
 
 
 def _method():
-    from lightning_modules.compression.deep_compression import DeepCompression
-    return DeepCompression(**SCHEDULE)
+    from dc_helpers import deep_compression
+    return deep_compression(**SCHEDULE)
 
 
 def run_schedule(net, method):

@@ -1,6 +1,6 @@
 """The Deep Compression methods and their file: identical predictions after export -> import,
 zeros and codebooks preserved, sizes, clear errors on damaged files, the per-layer report, the
-Lightning schedule callback."""
+Lightning callback that runs the schedule (MethodHooks)."""
 import io
 from functools import partial
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from dc_helpers import outputs, run_schedule
+from dc_helpers import deep_compression, outputs, run_schedule
 from lightning_modules.compression.compressed_file import CompressedFileError
-from lightning_modules.compression.deep_compression import DeepCompression
+from lightning_modules.compression.deep_compression import DeepCompressionFile
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import LeNet5, LeNet300
 
@@ -53,7 +53,7 @@ def test_float16_storage_is_exact_and_smaller(make_method, tmp_path):
     (codebooks, biases), reloads to the same predictions and saves 2 bytes per float."""
     sizes = {}
     for fb in (32, 16):
-        method, net = compressed(make_method, "deep_compression", LeNet5, 0, f"method.float_bits={fb}")
+        method, net = compressed(make_method, "deep_compression", LeNet5, 0, f"method.code.float_bits={fb}")
         for t in net.state_dict().values():
             if t.is_floating_point():
                 assert fb == 32 or torch.equal(t, t.half().float())
@@ -73,7 +73,7 @@ def test_format_1_files_still_load(make_method, tmp_path):
     import zlib
 
     from lightning_modules.compression import compressed_file as cf
-    method, net = compressed(make_method, "deep_compression", LeNet300, 0, "method.float_bits=32")
+    method, net = compressed(make_method, "deep_compression", LeNet300, 0, "method.code.float_bits=32")
     data = method.export(net, tmp_path / "v2.dc").read_bytes()
     (hlen,) = struct.unpack_from("<I", data, 8)
     header = json.loads(zlib.decompress(data[12:12 + hlen]))
@@ -91,8 +91,8 @@ def test_format_1_files_still_load(make_method, tmp_path):
 
 
 def test_float_bits_must_be_32_or_16():
-    with pytest.raises(ConfigError, match=r"method.float_bits=8: valid: 32, 16"):
-        DeepCompression(float_bits=8)
+    with pytest.raises(ConfigError, match=r"method.code.float_bits=8: valid: 32, 16"):
+        DeepCompressionFile(float_bits=8)
 
 
 def test_file_sizes_follow_the_stages(make_method, tmp_path):
@@ -109,9 +109,9 @@ def test_file_sizes_follow_the_stages(make_method, tmp_path):
 def test_lenet300_8pct_6_5_bits_ratio(tmp_path):
     """The measurement asked for: random weights, 8 % kept, 6-bit weights, 5-bit indices."""
     torch.manual_seed(0)
-    method = DeepCompression(prune={"sparsity": 0.92, "start": 0, "end": 0},
-                             share={"bits": {"conv": 8, "fc": 6}, "start": 1},
-                             index_bits={"conv": 8, "fc": 5})
+    method = deep_compression(prune={"sparsity": 0.92, "start": 0, "end": 0},
+                              share={"bits": {"conv": 8, "fc": 6}, "start": 1},
+                              index_bits={"conv": 8, "fc": 5})
     net = run_schedule(method, method.apply(LeNet300()), steps=1)
     size = method.export(net, tmp_path / "m.dc").stat().st_size
     ratio = fp32_bytes(LeNet300()) / size
@@ -177,14 +177,14 @@ def test_file_of_another_model_or_format(make_method, tmp_path):
 
 @pytest.mark.parametrize("bad,msg", [
     ({"prune": {"sparsity": 0.9, "start": 1, "end": 2}, "share": {"start": 2}},
-     "method.share.start=2: must be after the last pruning step"),
+     r"method.share.start=2: must be after the last step of method.prune \(method.prune.end=2\)"),
     ({"prune": {"sparsity": 0.9}, "share": {"start": 3, "interval": "step"}},
      "method.share.interval=step: must equal method.prune.interval=epoch"),
-    ({"prune": {"sparsity": 0.9}, "index_bits": {"conv": 8, "fc": 0}}, "method.index_bits.fc=0"),
+    ({"prune": {"sparsity": 0.9}, "index_bits": {"conv": 8, "fc": 0}}, "method.code.index_bits.fc=0"),
 ])
 def test_bad_method_config(bad, msg):
     with pytest.raises(ConfigError, match=msg):
-        DeepCompression(**bad)
+        deep_compression(**bad)
 
 
 def _tiny_fit(method, max_epochs):

@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lightning_modules.compression.distill import KnowledgeDistillation, kd_loss, load_teacher
+from hydra.utils import instantiate
+
+from lightning_modules.compression.distill import KnowledgeDistillation, kd_loss
 from lightning_modules.compression.method import FullPrecision
 from lightning_modules.config_check import ConfigError
+from lightning_modules.earlier_runs import load_run, resolve_references
 from lightning_modules.models import MLP
 from tests.conftest import FAST, only_record, train
 
@@ -19,6 +22,12 @@ from tests.conftest import FAST, only_record, train
 class FiveClassData:
     """A datamodule's shape attributes only: what the teacher rebuild reads from a data config."""
     in_channels, image_size, num_classes = 1, 28, 5
+
+
+def kd(teacher=None, results_dir="results", suite=None, shape=(1, 28, 10), **kw) -> KnowledgeDistillation:
+    """method=kd as run.build_method builds it: the teacher run found and rebuilt by the app."""
+    cfg = {"_target_": "lightning_modules.compression.distill.KnowledgeDistillation", "teacher": teacher, **kw}
+    return instantiate(resolve_references(cfg, results_dir, suite, shape), _convert_="all")
 
 
 def make_run(results_dir: Path, name: str, net: torch.nn.Module | None = None, suite: str = "s",
@@ -80,7 +89,7 @@ def test_kd_gradient_is_soft_target_difference():
 
 def test_teacher_found_by_run_name_frozen_and_outside_the_student(tmp_path):
     run = make_run(tmp_path, "teach", hidden=(48, 48))
-    method = KnowledgeDistillation(teacher="teach", results_dir=str(tmp_path), suite="s", alpha=0.5)
+    method = kd(teacher="teach", results_dir=str(tmp_path), suite="s", alpha=0.5)
     teacher = method.teacher
     want = MLP(hidden=(48, 48))
     want.load_state_dict(torch.load(run / "model.pt", weights_only=True))
@@ -105,7 +114,7 @@ def test_teacher_rebuilt_from_conf_without_hparams(tmp_path):
     torch.manual_seed(0)
     net = MLP(hidden=(800, 800))
     make_run(tmp_path, "t", net=net, model="mlp2x800", hparams=False)
-    teacher, shape, _ = load_teacher("t", tmp_path, "s")
+    teacher, shape, _ = load_run("t", tmp_path, "s")
     x = torch.randn(2, 1, 28, 28)
     assert shape == (1, 28, 10) and torch.equal(teacher(x), net.eval()(x))
 
@@ -113,7 +122,7 @@ def test_teacher_rebuilt_from_conf_without_hparams(tmp_path):
 def test_teacher_by_path_and_run_directory(tmp_path):
     run = make_run(tmp_path, "t")
     for spec in (run, run / "model.pt"):
-        assert KnowledgeDistillation(teacher=str(spec)).teacher is not None
+        assert kd(teacher=str(spec)).teacher is not None
 
 
 def test_teacher_from_lightning_checkpoint(tmp_path):
@@ -121,14 +130,14 @@ def test_teacher_from_lightning_checkpoint(tmp_path):
     net = MLP(hidden=(8, 8))
     net.load_state_dict(torch.load(run / "model.pt", weights_only=True))
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "last.ckpt")
-    teacher, _, _ = load_teacher(str(run / "last.ckpt"), tmp_path)
+    teacher, _, _ = load_run(str(run / "last.ckpt"), tmp_path)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(teacher(x), net.eval()(x))
 
 
 def _one_line_error(match: str, **kw):
     with pytest.raises(ConfigError, match=match) as e:
-        method = KnowledgeDistillation(**kw)
+        method = kd(**kw)
         method.apply(MLP(hidden=(16, 16)))
     assert "\n" not in str(e.value) and str(e.value).startswith("method.teacher=")
     return str(e.value)
@@ -148,12 +157,12 @@ def test_run_name_in_several_suites_is_ambiguous_unless_in_own_suite(tmp_path):
     make_run(tmp_path, "t", suite="a")
     make_run(tmp_path, "t", suite="b")
     _one_line_error("in several suites", teacher="t", results_dir=str(tmp_path), suite="c")
-    assert KnowledgeDistillation(teacher="t", results_dir=str(tmp_path), suite="b").teacher is not None
+    assert kd(teacher="t", results_dir=str(tmp_path), suite="b").teacher is not None
 
 
 def test_teacher_with_other_classes_is_one_line_error(tmp_path):
     make_run(tmp_path, "five", num_classes=5)
-    msg = _one_line_error("the teacher has 5 classes, the student 10", teacher="five",
+    msg = _one_line_error("predicts 5 classes, this run 1x28x28 and 10", teacher="five",
                           results_dir=str(tmp_path), suite="s")
     assert msg.startswith("method.teacher=five:")
 

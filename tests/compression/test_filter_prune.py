@@ -43,7 +43,7 @@ def pruned(name, seed=0, **kw):
                             "frequency": 2, **kw})
     net = method.apply(NETS[name]())
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    for t in range(method.end + 1):
+    for t in range(method.schedule.end + 1):
         method.on_time(net, t, "step")
         sgd_steps(net, steps=1, seed=t, optimizer=opt)
     return method, net
@@ -272,7 +272,7 @@ def test_unsupported_model_is_a_config_error_naming_model():
 def test_yaml_builds_the_method(make_method):
     method = make_method("filter_prune", "w32a32g32")
     assert isinstance(method, FilterPrune) and method.flops_target == 0.5
-    assert method.last_time() == ("epoch", 1, "method.end")
+    assert (method.schedule.interval, method.schedule.times) == ("epoch", [1])
 
 
 # --- DDP: identical masks, from the statistics of every rank ------------------------------------

@@ -37,7 +37,7 @@ def sparse(name, steps=30, seed=0):
     torch.manual_seed(seed)
     method = GroupLasso(strength=STRENGTH[name])
     net = method.apply(NETS[name]())
-    sgd_steps(net, steps=steps, optimizer=torch.optim.Adam(net.parameters(), lr=1e-2))
+    sgd_steps(net, steps=steps, optimizer=torch.optim.Adam(net.parameters(), lr=1e-2), method=method)
     return method, net
 
 
@@ -114,21 +114,26 @@ def test_training_drives_groups_exactly_to_zero_and_finalize_removes_them(name):
     assert all(n.min() > 0 for n in group_norms(net))
     assert torch.allclose(outputs(net), want, atol=1e-5)  # the removed feature maps were exactly zero
     assert n_params(net) < n_params(NETS[name]()) and counted_flops(net) < full_flops
-    assert method.net is None  # the step hook is gone
     sgd_steps(net, steps=1)  # a plain model, still trainable
 
 
-def test_the_hook_acts_only_on_the_optimizer_of_its_net():
+def test_after_step_is_the_proximal_step_at_lr_times_lambda():
     torch.manual_seed(0)
     method = GroupLasso(strength=1e6)
     net = method.apply(LeNet5())
     other = LeNet5()
-    sgd_steps(other, steps=1, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    sgd_steps(other, steps=1, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))  # no method
     assert all(n.min() > 0 for n in group_norms(net)) and all(n.min() > 0 for n in group_norms(other))
-    sgd_steps(net, steps=1, optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+    sgd_steps(net, steps=1, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), method=method)
     assert all(not n.any() for n in group_norms(net))  # lr * lambda beyond every norm: all zero
-    method.finalize(net)
-    sgd_steps(other, steps=1, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    assert all(n.min() > 0 for n in group_norms(other))
+    torch.manual_seed(0)
+    small = GroupLasso(strength=1e-3)
+    net = small.apply(resnet8())  # groups that do not overlap: the step is the exact prox
+    before = [n.detach().clone() for n in group_norms(net)]
+    small.after_step(net, 0.5)  # one prox step of t = 0.5e-3: every norm shrinks by exactly t
+    for b, a in zip(before, group_norms(net)):
+        assert torch.allclose(a, (b - 0.5e-3).clamp(min=0), atol=1e-6)
 
 
 def test_subgradient_mode_adds_the_penalty_to_the_loss():

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -13,7 +15,9 @@ from lightning_modules.compression.low_rank import (FactoredLinear, LowRank, Low
                                                     choose_ranks, energy_rank, factor, factored_params,
                                                     svd_factors, tucker2_factors)
 from lightning_modules.config_check import ConfigError
+from lightning_modules.earlier_runs import resolve_references
 from lightning_modules.models import CifarResNet, LeNet5, LeNet300
+from tests.compression.test_distill import make_run
 
 
 def resnet8():
@@ -140,32 +144,39 @@ def test_a_layer_that_would_not_shrink_is_kept():
     assert list(method.ranks) == ["features.0"] and type(net.classifier[1]) is nn.Linear
 
 
-def test_init_from_a_file_or_a_run_name(tmp_path):
+def low_rank(init, results_dir, suite="s", **kw):
+    """method=low_rank as run.build_method builds it: init_from's run found and loaded by the app."""
+    cfg = {"_target_": "lightning_modules.compression.low_rank.LowRank", "init_from": init, **kw}
+    try:
+        return instantiate(resolve_references(cfg, results_dir, suite, (1, 28, 10)), _convert_="all")
+    except InstantiationException as e:
+        raise e.__cause__ from None
+
+
+def test_init_from_a_file_a_run_directory_or_a_run_name(tmp_path):
     torch.manual_seed(0)
     trained = LeNet300()
-    run = tmp_path / "runs" / "some_suite" / "lenet300-fp32-W32A32G32-32-s0"
-    run.mkdir(parents=True)
-    torch.save(trained.state_dict(), run / "model.pt")
-    for init in (str(run / "model.pt"), run.name):
-        method = LowRank(energy=None, params_ratio=0.5, init_from=init, runs_dir=str(tmp_path / "runs"))
-        assert method.init_from == run / "model.pt"
-        net = method.apply(LeNet300())  # other random weights: replaced by the file's before factoring
+    run = make_run(tmp_path, "lenet300-fp32-W32A32G32-32-s0", net=trained, suite="some_suite",
+                   model="lenet300", hparams=False)
+    for init in (str(run / "model.pt"), str(run), run.name):
+        method = low_rank(init, tmp_path, energy=None, params_ratio=0.5)
+        assert torch.equal(method.init_from["net.1.weight"], trained.net[1].weight)
+        net = method.apply(LeNet300())  # other random weights: replaced by the run's before factoring
         want = factor(trained.net[1], method.ranks["net.1"])
         assert torch.equal(net.net[1][0].weight, want[0].weight)
 
 
 @pytest.mark.parametrize("init,msg", [
-    ("no-such-run", "method.init_from=no-such-run: no such file and no"),
-    ("lenet5", "does not fit model LeNet300"),
-    ("junk", "not an exported fp32 state dict"),
+    ("no-such-run", "method.init_from=no-such-run: no such file, run directory or run under"),
+    ("lenet5", "method.init_from: its weights do not fit model LeNet300"),
+    ("junk", "method.init_from=junk: cannot load"),
 ])
 def test_bad_init_from_is_one_line(tmp_path, init, msg):
-    (tmp_path / "runs" / "s" / "lenet5").mkdir(parents=True)
-    torch.save(LeNet5().state_dict(), tmp_path / "runs" / "s" / "lenet5" / "model.pt")
-    (tmp_path / "runs" / "s" / "junk").mkdir(parents=True)
-    (tmp_path / "runs" / "s" / "junk" / "model.pt").write_bytes(b"not a torch file")
+    make_run(tmp_path, "lenet5", net=LeNet5(), model="lenet5", hparams=False)
+    junk = make_run(tmp_path, "junk", net=LeNet300(), model="lenet300", hparams=False)
+    (junk / "model.pt").write_bytes(b"not a model file")
     with pytest.raises(ConfigError) as e:
-        LowRank(init_from=init, runs_dir=str(tmp_path / "runs")).apply(LeNet300())
+        low_rank(init, tmp_path).apply(LeNet300())
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
@@ -235,14 +246,13 @@ def test_bad_config_is_one_line(kw, msg):
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
-def test_yaml_builds_the_method_with_run_names_under_results_dir():
+def test_yaml_builds_the_method():
     from hydra import compose, initialize_config_dir
     from lightning_modules.run import build_method
     with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["method=low_rank", "results_dir=/somewhere"])
     method = build_method(cfg)
     assert isinstance(method, LowRank) and method.energy == 0.9 and method.init_from is None
-    assert method.runs_dir == "/somewhere/runs"
 
 
 # --- through the harness ----------------------------------------------------------------------------

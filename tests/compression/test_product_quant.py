@@ -252,7 +252,7 @@ def test_block_sizes_that_do_not_fit_the_model_are_config_errors(blocks, msg):
 def test_yaml_builds_the_method(make_method):
     method = make_method("pq", "w32a32g32")
     assert isinstance(method, ProductQuant) and method.k == 256 and method.distill
-    assert method.last_time() == ("epoch", 1, "method.start")
+    assert (method.schedule.interval, method.schedule.times) == ("epoch", [1])
 
 
 # --- through the harness ----------------------------------------------------------------------------

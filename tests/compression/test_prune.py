@@ -7,10 +7,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from dc_helpers import sgd_steps
-from lightning_modules.compression.deep_compression import Prune, PruneShare
-from lightning_modules.compression.prune import (PruneSchedule, agp, effective_weight,
-                                                 magnitude_mask, nonzero_params, prune_layer)
+from dc_helpers import prune_share, sgd_steps
+from lightning_modules.compression.prune import (Prune, agp, effective_weight, magnitude_mask,
+                                                 nonzero_params, prune_layer)
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import LeNet5, LeNet300
 
@@ -109,7 +108,7 @@ def test_iterative_schedule_prunes_when_due_on_the_agp_ramp():
 
 
 @pytest.mark.parametrize("kw,key", [
-    ({"sparsity": 0.5, "quality": 1.0}, "sparsity=0.5, method.quality=1.0"),
+    ({"sparsity": 0.5, "quality": 1.0}, "sparsity=0.5, method.prune.quality=1.0"),
     ({"sparsity": 1.5}, "sparsity=1.5"),
     ({"sparsity": [0.5, 0.5]}, "sparsity=[0.5, 0.5]: needs 3 values"),
     ({"sparsity": {"net.9": 0.5, "default": 0.1}}, "sparsity.net.9: not a pruned layer"),
@@ -118,7 +117,7 @@ def test_iterative_schedule_prunes_when_due_on_the_agp_ramp():
 ])
 def test_bad_config_is_one_line(kw, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")) as e:
-        PruneSchedule(**kw).install(LeNet300())
+        Prune(**kw).apply(LeNet300())
     assert "\n" not in str(e.value)
 
 
@@ -128,8 +127,8 @@ def _compressed_state(seed):
     """Masks, centroids and indices of a tiny net pruned and shared from weights of `seed`."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
-    method = PruneShare(prune={"sparsity": 0.5, "start": 0, "end": 0},
-                        share={"bits": {"conv": 3, "fc": 3}, "start": 1})
+    method = prune_share(prune={"sparsity": 0.5, "start": 0, "end": 0},
+                         share={"bits": {"conv": 3, "fc": 3}, "start": 1})
     net = method.apply(net)
     method.on_time(net, 0, "epoch")
     method.on_time(net, 1, "epoch")

@@ -11,11 +11,45 @@ import torch.nn.functional as F
 from lightning_modules.compression.method import FullPrecision
 from lightning_modules.compression.qlayers import QLayer, QLinear
 from lightning_modules.compression.quant_distill import (
-    DifferentiableQuantization, PMQuant, PointsQuantizer, QuantizedDistillation, UniformQuantizer,
-    buckets, polino_uniform)
+    LearnedPoints, PointsQuantizer, PolinoQuant, UniformQuantizer, buckets, polino_uniform)
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import MLP
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from lightning_modules.earlier_runs import resolve_references
 from tests.compression.test_distill import make_run
+
+PARTS = "lightning_modules.compression"
+
+
+def PMQuant(bits, bucket_size=None):
+    """method=pm_quant (conf/method/pm_quant.yaml): PolinoQuant quantizing after training."""
+    return PolinoQuant(bits, bucket_size=bucket_size, at="end", name="pm_quant")
+
+
+def _composed(name, quant, teacher, results_dir, suite, alpha=0.7, temperature=2.0):
+    """Compose(kd, quant) as conf/method/<name>.yaml builds it, run references built by the app."""
+    cfg = {"_target_": f"{PARTS}.method.Compose", "name": name,
+           "kd": {"_target_": f"{PARTS}.distill.KnowledgeDistillation", "teacher": teacher,
+                  "alpha": alpha, "temperature": temperature, "key": "method.kd"},
+           "quant": {"key": "method.quant", "name": name, **quant}}
+    try:
+        return instantiate(resolve_references(cfg, results_dir, suite, (1, 28, 10)), _convert_="all")
+    except InstantiationException as e:  # a part's ConfigError, as run.build_method passes it on
+        raise e.__cause__ from None
+
+
+def QuantizedDistillation(bits, teacher=None, results_dir="results", suite=None, **quant):
+    return _composed("quantized_distillation", {"_target_": f"{PARTS}.quant_distill.PolinoQuant",
+                                                "bits": bits, "at": "train", **quant},
+                     teacher, results_dir, suite)
+
+
+def DifferentiableQuantization(bits, teacher=None, results_dir="results", suite=None, **quant):
+    return _composed("differentiable_quantization", {"_target_": f"{PARTS}.quant_distill.LearnedPoints",
+                                                     "bits": bits, **quant},
+                     teacher, results_dir, suite)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 W4 = {"w": 4, "a": 32, "g": 32}
@@ -233,7 +267,7 @@ def test_quantized_distillation_trains_shadow_weights_and_round_trips(teacher_ru
     model.eval()
     wq = layers[1].quantized_weight().reshape(-1)
     assert all(torch.unique(c).numel() <= 16 for c in F.pad(wq, (0, -wq.numel() % 256)).reshape(-1, 256))
-    assert not any(p is q for p in method.teacher.parameters() for q in model.parameters())
+    assert not any(p is q for p in method.parts['kd'].teacher.parameters() for q in model.parameters())
     fresh = QuantizedDistillation(W4).load(MLP(hidden=(32, 32)), method.export(model, tmp_path / "m.pt"))
     x = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
@@ -267,15 +301,16 @@ def test_config_errors_name_the_key(tmp_path):
         PMQuant(bits(32))
     with pytest.raises(ConfigError, match="method.bucket_size=0: must be null"):
         PMQuant(W4, bucket_size=0)
-    with pytest.raises(ConfigError, match="method.points_init=kmeans"):
+    with pytest.raises(ConfigError, match="method.quant.points_init=kmeans"):
         DifferentiableQuantization(W4, points_init="kmeans")
     make_run(tmp_path, "teacher")
-    with pytest.raises(ConfigError, match="method.start_from=null"):
-        DifferentiableQuantization(W4, teacher="teacher", results_dir=str(tmp_path), suite="s")
-    with pytest.raises(ConfigError, match="method.start_from=gone: no such file"):
+    with pytest.raises(ConfigError, match="method.quant.start_from=null"):
+        DifferentiableQuantization(W4, teacher="teacher", results_dir=str(tmp_path), suite="s"
+                                   ).apply(MLP(hidden=(32, 32)))
+    with pytest.raises(ConfigError, match="method.quant.start_from=gone: no such file"):
         DifferentiableQuantization(W4, teacher="teacher", results_dir=str(tmp_path), suite="s",
                                    start_from="gone").apply(MLP(hidden=(32, 32)))
-    with pytest.raises(ConfigError, match="method.teacher=null"):
+    with pytest.raises(ConfigError, match="method.kd.teacher=null"):
         QuantizedDistillation(W4).apply(MLP(hidden=(8, 8)))
 
 
@@ -284,7 +319,7 @@ def test_method_yamls_compose_and_build(name):
     from hydra import compose, initialize_config_dir
     from lightning_modules.run import build_method
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"method={name}", "bits.w=4", "method.train_weights=true"]
+        cfg = compose("config", overrides=[f"method={name}", "bits.w=4", "method.quant.train_weights=true"]
                       if name == "differentiable_quantization" else [f"method={name}", "bits.w=4"])
     assert cfg.method.name == name and cfg.method.label
     method = build_method(cfg)

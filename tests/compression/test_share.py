@@ -5,10 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dc_helpers import sgd_steps
-from lightning_modules.compression.deep_compression import PruneShare, Share
+from dc_helpers import prune_share, sgd_steps
 from lightning_modules.compression.prune import effective_weight
-from lightning_modules.compression.share import ShareSchedule, kmeans_1d, sharing
+from lightning_modules.compression.share import Share, kmeans_1d, sharing
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import LeNet5, LeNet300
 
@@ -65,7 +64,7 @@ def test_inactive_until_scheduled():
 def test_centroid_gradient_is_sum_of_member_gradients(pruned):
     torch.manual_seed(0)
     lin = nn.Sequential(nn.Linear(30, 20))
-    method = (PruneShare(prune={"sparsity": 0.6, "start": 0, "end": 0}, share={"bits": {"conv": 4, "fc": 4}, "start": 1})
+    method = (prune_share(prune={"sparsity": 0.6, "start": 0, "end": 0}, share={"bits": {"conv": 4, "fc": 4}, "start": 1})
               if pruned else Share(bits={"conv": 4, "fc": 4}, start=0))
     lin = method.apply(lin)
     for t in (0, 1):
@@ -83,8 +82,8 @@ def test_centroid_gradient_is_sum_of_member_gradients(pruned):
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_weights_stay_shared_and_pruned_stay_zero_after_fine_tuning(opt):
     torch.manual_seed(0)
-    method = PruneShare(prune={"sparsity": 0.7, "start": 0, "end": 0},
-                        share={"bits": {"conv": 5, "fc": 4}, "start": 1})
+    method = prune_share(prune={"sparsity": 0.7, "start": 0, "end": 0},
+                         share={"bits": {"conv": 5, "fc": 4}, "start": 1})
     net = method.apply(LeNet5())
     method.on_time(net, 0, "epoch")
     method.on_time(net, 1, "epoch")
@@ -102,7 +101,7 @@ def test_weights_stay_shared_and_pruned_stay_zero_after_fine_tuning(opt):
 
 
 def test_bad_bits_are_one_line():
-    with pytest.raises(ConfigError, match=r"method.bits.fc=0: must be an integer in 1..16"):
-        ShareSchedule(bits={"conv": 8, "fc": 0})
+    with pytest.raises(ConfigError, match=r"method.share.bits.fc=0: must be an integer in 1..16"):
+        Share(bits={"conv": 8, "fc": 0})
     with pytest.raises(ConfigError, match=r"needs exactly the keys conv and fc"):
-        ShareSchedule(bits={"linear": 5})
+        Share(bits={"linear": 5})
