@@ -111,7 +111,7 @@ class DeepCompression(Method):
         state = compressed_file.read(path)
         model = strip(model)
         if (key := state_mismatch(model, state)) is not None:
-            raise compressed_file.CompressedFileError(f"{path}: does not match the model ({key})")
+            raise compressed_file.FileFormatError(f"{path}: does not match the model ({key})")
         model.load_state_dict(state)
         return model
 

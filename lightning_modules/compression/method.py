@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import container
+
 
 class Method:
     """Base class and the identity: full-precision training, weights saved as a state dict."""
@@ -44,13 +46,12 @@ class Method:
         return None
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
-        """Weights only (no optimizer state, no Lightning metadata), as torch.save writes them."""
-        path = Path(path)
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        return path
+        """Weights only (no optimizer state, no Lightning metadata): a container.py file of kind
+        "state_dict" (the raw tensors plus a ~few hundred byte header)."""
+        return container.write(path, "state_dict", {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(container.read(path, "state_dict"))
         return model
 
 
