@@ -47,7 +47,7 @@ class Method:
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
         """Weights only (no optimizer state, no Lightning metadata): a container.py file of kind
-        "state_dict" (the raw tensors plus a ~few hundred byte header)."""
+        "state_dict": the raw tensors plus 125 B for LeNet-300-100 (torch.save: 2.8 KB)."""
         return container.write(path, "state_dict", {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
