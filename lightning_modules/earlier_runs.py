@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .compression.errors import FileFormatError
 from .compression.method import Method
 from .compression.qlayers import QLayer
 from .config_check import CONF, ConfigError
@@ -136,6 +137,8 @@ def load_run(spec: str, results_dir: str | Path, suite: str | None = None,
     try:
         net = instantiate(net_cfg, in_channels=c, image_size=h, num_classes=k, _convert_="all")
         net = load_weights(run_method(method_cfg), net, run.file)
+    except FileFormatError as e:  # the file is damaged or of another model
+        raise ConfigError(f"{key}={spec}: cannot load {run.file}: {e}") from None
     except ConfigError:
         raise
     except Exception as e:  # a file that does not fit the rebuilt net

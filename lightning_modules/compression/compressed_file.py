@@ -13,36 +13,30 @@ pruned-only values, raw float entries) are stored at `float_bits` 32 or 16: with
 `finalize` has already rounded every float of the model to float16 values (`round_floats`), so
 the file holds exactly what was tested and reloads to the same predictions.
 
-Layout: MAGIC (8 B) | header length (u32 LE) | header (JSON, zlib-deflated: entries, blob sizes,
-bit counts) | payload | crc32 of all preceding bytes (u32 LE). `read` checks magic, lengths and checksum
-before decoding anything, so a truncated or corrupted file raises CompressedFileError (a
-ValueError naming the file) rather than building a wrong model.
+The file is a container.py file of kind "deep_compression": {"entries": one meta dict per
+state-dict entry (shapes, bit counts, stream sizes), "blobs": the hand-packed byte streams}; the
+container checks magic, lengths and checksum before anything is decoded, so a truncated or
+corrupted file raises FileFormatError (naming the file) rather than building a wrong model.
+(Formats 1 and 2, MAGIC LWBDC1/LWBDC2 | u32 header length | header | blobs | crc32, still load.)
 """
 from __future__ import annotations
 
-import json
 import math
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import huffman
+from . import container, huffman
+from .errors import FileFormatError
 from .pack import pack_bits, unpack_bits
 from .prune import is_masked, plain_state_dict
 from .share import is_shared, sharing
 from .sparse import from_sparse, to_sparse
 
-MAGIC = b"LWBDC2\r\n"
-MAGIC_V1 = b"LWBDC1\r\n"  # format 1: plain JSON header, float32 floats (still read)
+KIND = "deep_compression"  # container.py kind
 FLOAT_BITS = (32, 16)
-
-
-class CompressedFileError(ValueError):
-    """A Deep Compression file that is not one, is truncated, corrupted or for another model."""
 
 
 def _float(bits: int) -> np.dtype:
@@ -180,45 +174,17 @@ def encode_model(model: nn.Module, gap_bits: dict, use_huffman: bool,
 def write(model: nn.Module, path: str | Path, gap_bits: dict, use_huffman: bool,
           float_bits: int = 32) -> Path:
     """float_bits=16 stores the floats as float16: round_floats(model) must have run (finalize)."""
-    path = Path(path)
     header, blobs = encode_model(model, gap_bits, use_huffman, float_bits)
-    header["blobs"] = [len(b) for b in blobs]
-    head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
-    body = MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
-    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
-    return path
+    return container.write(path, KIND, {"entries": header["entries"], "blobs": blobs})
 
 
 def read(path: str | Path) -> dict[str, torch.Tensor]:
-    """The plain state dict stored in the file, or CompressedFileError (one line, names the file)."""
-    path = Path(path)
-    data = path.read_bytes()
-
-    def fail(why: str) -> CompressedFileError:
-        return CompressedFileError(f"{path}: {why}")
-
-    if len(data) < len(MAGIC) + 8 or data[:len(MAGIC)] not in (MAGIC, MAGIC_V1):
-        raise fail("not a Deep Compression file (bad magic or too short)")
-    (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
-    start = len(MAGIC) + 4
-    try:
-        head = data[start:start + hlen]
-        header = json.loads(zlib.decompress(head) if data[:len(MAGIC)] == MAGIC else head)
-        sizes = [int(s) for s in header["blobs"]]
-    except (ValueError, KeyError, TypeError, zlib.error):
-        raise fail("truncated or corrupted header") from None
-    expected = start + hlen + sum(sizes) + 4
-    if len(data) != expected:
-        raise fail(f"truncated or padded: {len(data)} bytes, expected {expected}")
-    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
-        raise fail("checksum mismatch: the file is corrupted")
-    pos, blobs = start + hlen, []
-    for s in sizes:
-        blobs.append(data[pos:pos + s])
-        pos += s
+    """The plain state dict stored in the file, or FileFormatError (one line, names the file)."""
+    payload = container.read(path, KIND)
     out, i = {}, 0
     try:
-        for e in header["entries"]:
+        blobs = payload["blobs"]
+        for e in payload["entries"]:
             b, i = blobs[i:i + e["nblobs"]], i + e["nblobs"]
             if e["kind"] == "layer":
                 out[e["key"]] = decode_layer(e, b)
@@ -226,7 +192,7 @@ def read(path: str | Path) -> dict[str, torch.Tensor]:
                 a = np.frombuffer(b[0], dtype=np.dtype(e.get("stored", e["dtype"]))).reshape(e["shape"])
                 out[e["key"]] = torch.from_numpy(a.astype(np.dtype(e["dtype"])))
     except (ValueError, KeyError, TypeError, IndexError) as err:
-        raise fail(f"inconsistent content ({err})") from None
+        raise FileFormatError(f"{path}: inconsistent content ({err})") from None
     return out
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import ConfigError
 from . import compressed_file
+from .errors import ConfigError, FileFormatError
 from .method import Method, state_mismatch
 from .prune import nonzero_params, strip
 
@@ -63,7 +63,7 @@ class DeepCompressionFile(Method):
         state = compressed_file.read(path)
         model = strip(model)
         if (key := state_mismatch(model, state)) is not None:
-            raise compressed_file.CompressedFileError(f"{path}: does not match the model ({key})")
+            raise FileFormatError(f"{path}: does not match the model ({key})")
         model.load_state_dict(state)
         return model
 

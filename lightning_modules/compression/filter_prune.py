@@ -24,9 +24,6 @@ zero); `export` writes that state dict and the kept counts; `load` shrinks a fre
 from __future__ import annotations
 
 import copy
-import io
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,16 +33,14 @@ from torch import nn
 
 from .errors import ConfigError
 from ..models import CifarResNet, LeNet5
+from . import container
+from .errors import FileFormatError
 from .method import Method, state_mismatch
 from .prune import broadcast_
 from .schedule import Schedule
 
-MAGIC = b"LWBFP1\r\n"
+KIND = "filter_prune"  # container.py kind (before it: MAGIC LWBFP1 | u64 | torch.save | crc32)
 POSITIONS = "_filter_prune_positions"  # module attribute: output positions per sample (H*W)
-
-
-class FilterPruneFileError(ValueError):
-    """A filter-pruning file that is not one, is truncated, corrupted or for another model."""
 
 
 @dataclass(frozen=True)
@@ -300,88 +295,32 @@ class FilterPrune(Method):
         return shrink(model, keep) if keep else model
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
-        """MAGIC | payload length (u64 LE) | torch.save({model, groups, state}) | crc32 (u32 LE)."""
-        path = Path(path)
+        """A container.py file of kind "filter_prune": {model, groups (kept channels), state}."""
         if any(cm is not None for cm in masks(model, channel_groups(model))):
             model = self.finalize(copy.deepcopy(model))
         mods = dict(model.named_modules())
-        buf = io.BytesIO()
-        torch.save({"format": "lwb-filter-prune-1", "model": type(model).__name__,
-                    "groups": {g.producer: mods[g.producer].out_channels for g in channel_groups(model)},
-                    "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
-        body = MAGIC + struct.pack("<Q", len(buf.getvalue())) + buf.getvalue()
-        path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
-        return path
+        return container.write(path, KIND, {
+            "model": type(model).__name__,
+            "groups": {g.producer: mods[g.producer].out_channels for g in channel_groups(model)},
+            "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         """A full-size model (untouched) -> a copy shrunk to the file's shapes, with its weights."""
-        payload, fail = read(path), lambda why: FilterPruneFileError(f"{path}: {why}")
+        payload, fail = container.read(path, KIND), lambda why: FileFormatError(f"{path}: {why}")
         groups = channel_groups(model)
-        counts = payload["groups"]
-        if payload["model"] != type(model).__name__ or list(counts) != [g.producer for g in groups]:
-            raise fail(f"does not match the model (a {payload['model']} file, a "
+        counts = payload.get("groups")
+        if not isinstance(counts, dict) or not isinstance(payload.get("state"), dict):
+            raise fail("inconsistent content (groups and state must be dicts)")
+        if payload.get("model") != type(model).__name__ or list(counts) != [g.producer for g in groups]:
+            raise fail(f"does not match the model (a {payload.get('model')} file, a "
                        f"{type(model).__name__} model)")
         out = copy.deepcopy(model)
         mods = dict(out.named_modules())
         for g in groups:
-            if not 1 <= counts[g.producer] <= mods[g.producer].out_channels:
+            if not isinstance(counts[g.producer], int) or not 1 <= counts[g.producer] <= mods[g.producer].out_channels:
                 raise fail(f"does not match the model ({g.producer}: {counts[g.producer]} channels)")
         out = shrink(out, {p: torch.arange(k) for p, k in counts.items()})
         if (key := state_mismatch(out, payload["state"])) is not None:
             raise fail(f"does not match the model ({key})")
         out.load_state_dict(payload["state"])
         return out
-
-
-def read(path: str | Path) -> dict:
-    """The payload of a filter-pruning file, or FilterPruneFileError (one line, names the file)."""
-    path = Path(path)
-    data = path.read_bytes()
-    head = len(MAGIC) + 8
-    if len(data) < head + 4 or data[:len(MAGIC)] != MAGIC:
-        raise FilterPruneFileError(f"{path}: not a filter-pruning file (bad magic or too short)")
-    (n,) = struct.unpack_from("<Q", data, len(MAGIC))
-    if len(data) != head + n + 4:
-        raise FilterPruneFileError(f"{path}: truncated or padded: {len(data)} bytes, expected {head + n + 4}")
-    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
-        raise FilterPruneFileError(f"{path}: checksum mismatch: the file is corrupted")
-    try:
-        payload = torch.load(io.BytesIO(data[head:-4]), map_location="cpu", weights_only=True)
-        if not isinstance(payload["groups"], dict) or not isinstance(payload["state"], dict):
-            raise TypeError("groups and state must be dicts")
-    except Exception as err:  # noqa: BLE001 -- anything unreadable is a damaged file
-        raise FilterPruneFileError(f"{path}: unreadable content ({type(err).__name__})") from None
-    return payload
-
-
-def write_checked(path: str | Path, magic: bytes, payload: dict) -> Path:
-    """The container of this file format for any payload (other methods' files, own magic):
-    magic | payload length (u64 LE) | torch.save(payload) | crc32 of all preceding bytes (u32 LE)."""
-    path = Path(path)
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    body = magic + struct.pack("<Q", len(buf.getvalue())) + buf.getvalue()
-    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
-    return path
-
-
-def read_checked(path: str | Path, magic: bytes, error: type[ValueError], what: str) -> dict:
-    """The payload of a `write_checked` file, checked (magic, length, crc32) before decoding;
-    otherwise `error` with one line naming the file ("not a <what> file", truncated, corrupted)."""
-    path = Path(path)
-    data = path.read_bytes()
-    head = len(magic) + 8
-    if len(data) < head + 4 or data[:len(magic)] != magic:
-        raise error(f"{path}: not a {what} file (bad magic or too short)")
-    (n,) = struct.unpack_from("<Q", data, len(magic))
-    if len(data) != head + n + 4:
-        raise error(f"{path}: truncated or padded: {len(data)} bytes, expected {head + n + 4}")
-    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
-        raise error(f"{path}: checksum mismatch: the file is corrupted")
-    try:
-        payload = torch.load(io.BytesIO(data[head:-4]), map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict):
-            raise TypeError("the payload must be a dict")
-    except Exception as err:  # noqa: BLE001 -- anything unreadable is a damaged file
-        raise error(f"{path}: unreadable content ({type(err).__name__})") from None
-    return payload

@@ -21,8 +21,8 @@ Factoring changes the parameter set, so it is done once, in `apply`, before the 
 exists: the weights come from a trained fp32 run (`init_from`: its state dict, which the harness
 builds from a run name, run directory or model file, lightning_modules/earlier_runs.py) and the run
 fine-tunes the factored net. The factored layers are real smaller layers: params and FLOPs fall
-in the record. `export` writes the ranks and the factored state dict (MAGIC + crc32 container of
-filter_prune.write_checked); `load` rebuilds the factored structure on a fresh model.
+in the record. `export` writes the ranks and the factored state dict (a container.py file of kind "low_rank");
+`load` rebuilds the factored structure on a fresh model.
 """
 from __future__ import annotations
 
@@ -35,19 +35,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .filter_prune import _replace, read_checked, write_checked
+from . import container
+from .errors import ConfigError, FileFormatError
+from .filter_prune import _replace
 from .method import Method, state_mismatch
 from .prune import layers
 
-MAGIC = b"LWBLR1\r\n"
-FORMAT = "lwb-low-rank-1"
+KIND = "low_rank"  # container.py kind (before it: MAGIC LWBLR1 | u64 | torch.save | crc32)
 KINDS = ("fc", "conv")
 log = logging.getLogger("harness")
-
-
-class LowRankFileError(ValueError):
-    """A low-rank file that is not one, is truncated, corrupted or for another model."""
 
 
 class FactoredLinear(nn.Sequential):
@@ -206,15 +202,15 @@ class LowRank(Method):
         return model
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
-        return write_checked(path, MAGIC, {
-            "format": FORMAT, "model": type(model).__name__, "ranks": factored(model),
+        return container.write(path, KIND, {
+            "model": type(model).__name__, "ranks": factored(model),
             "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         """A fresh model (untouched) -> a copy factored at the file's ranks, with its weights."""
-        blob = read_checked(path, MAGIC, LowRankFileError, "low-rank")
-        fail = lambda why: LowRankFileError(f"{path}: {why}")  # noqa: E731
-        if blob.get("format") != FORMAT or blob.get("model") != type(model).__name__:
+        blob = container.read(path, KIND)
+        fail = lambda why: FileFormatError(f"{path}: {why}")  # noqa: E731
+        if blob.get("model") != type(model).__name__:
             raise fail(f"does not match the model (a {blob.get('model')} file, "
                        f"a {type(model).__name__} model)")
         out, mods = copy.deepcopy(model), dict(model.named_modules())
@@ -225,8 +221,10 @@ class LowRank(Method):
                 if len(ranks) != n or not all(isinstance(r, int) and r >= 1 for r in ranks):
                     raise ValueError(f"{name}: ranks {ranks}")
                 _replace(out, name, _empty(layer, ranks))
-        except (KeyError, ValueError, TypeError) as err:
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise fail(f"does not match the model ({err})") from None
+        if not isinstance(blob.get("state"), dict):
+            raise fail("inconsistent content (no state dict)")
         if (key := state_mismatch(out, blob["state"])) is not None:
             raise fail(f"does not match the model ({key})")
         out.load_state_dict(blob["state"])

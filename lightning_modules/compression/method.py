@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from . import container
+from .errors import ConfigError, FileFormatError
 from .schedule import Schedule
 
 
@@ -90,13 +91,15 @@ class Method:
         return None
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
-        """Weights only (no optimizer state, no Lightning metadata), as torch.save writes them."""
-        path = Path(path)
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        return path
+        """Weights only (no optimizer state, no Lightning metadata): a container.py file of kind
+        "state_dict": the raw tensors plus 125 B for LeNet-300-100 (torch.save: 2.8 KB)."""
+        return container.write(path, "state_dict", {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = container.read(path, "state_dict")
+        if (key := state_mismatch(model, state)) is not None:
+            raise FileFormatError(f"{path}: does not match the model ({key})")
+        model.load_state_dict(state)
         return model
 
 

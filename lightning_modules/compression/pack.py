@@ -13,8 +13,8 @@ uses, W_q = weight_quant(W) in eval mode, is factored into codes and a codebook:
 Codes are packed MSB-first, 8 one-bit codes per byte (`numpy.packbits`), k-bit codes as k bit
 planes -> ceil(n k / 8) bytes. All codes share one uint8 tensor and all float32 values (codebooks,
 biases, BatchNorm, skipped full-precision layers, activation-quantizer state) one float32
-tensor, so the container (torch.save's zip plus the pickled names and shapes) adds ~2.4 KB
-for LeNet-5 (it grows with the number of state-dict entries, not with their size).
+tensor, in a container.py file (kind "packed"; its header of names and shapes grows with the
+number of state-dict entries, not with their size).
 `load_packed` puts W_q back as the layer's weight and drops its weight quantizer: predictions
 are bit-identical to the trained model in eval mode; activation quantizers work as before.
 """
@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import container
+from .errors import FileFormatError
 from .qlayers import QLayer
 
-FORMAT = "lwb-packed-1"
+KIND = "packed"  # container.py kind (before it: a torch.save dict of format "lwb-packed-1")
 
 
 def pack_bits(codes: np.ndarray, k: int) -> np.ndarray:
@@ -135,38 +137,44 @@ def export_packed(model: nn.Module, path: str | Path) -> Path:
             pos_f += t.numel()
         else:
             other[key] = t.clone()
-    torch.save({"format": FORMAT, "layers": layers, "tensors": tensors, "other": other,
-                "codes": torch.from_numpy(np.concatenate(codes or [np.zeros(0, np.uint8)])),
-                "floats": torch.cat(floats) if floats else torch.zeros(0)}, path)
-    return path
+    return container.write(path, KIND, {
+        "layers": layers, "tensors": tensors, "other": other,
+        "codes": torch.from_numpy(np.concatenate(codes or [np.zeros(0, np.uint8)])),
+        "floats": torch.cat(floats) if floats else torch.zeros(0)})
 
 
 def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a packed file into `model` (already quantized by the same method: same layer names).
     Each packed layer gets W_q as its weight and no weight quantizer; everything else is loaded
     with strict key checking."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a packed model file (format {blob.get('format')!r})")
+    blob = container.read(path, KIND)
     codes, floats = blob["codes"].numpy(), blob["floats"]
-    state = dict(blob["other"])
-    for meta in blob["layers"]:
-        (c0, cn), (f0, fn) = meta["codes"], meta["table"]
-        layer = model.get_submodule(meta["name"])
-        if not isinstance(layer, QLayer):
-            raise ValueError(f"{path}: {meta['name']} is a {type(layer).__name__}, not a quantized layer")
+    state, layers = dict(blob["other"]), {}
+    try:
+        for meta in blob["layers"]:
+            (c0, cn), (f0, fn) = meta["codes"], meta["table"]
+            layer = model.get_submodule(meta["name"])
+            if not isinstance(layer, QLayer):
+                raise ValueError(f"{meta['name']} is a {type(layer).__name__}, not a quantized layer")
+            layers[meta["name"]] = layer
+            state[meta["name"] + ".weight"] = decode(codes[c0:c0 + cn], floats[f0:f0 + fn], meta)
+        for key, shape, f0, fn in blob["tensors"]:
+            state[key] = floats[f0:f0 + fn].reshape(shape)
+    except (AttributeError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise FileFormatError(f"{path}: does not match the model ({err})") from None
+    for layer in layers.values():
         layer.weight_quant = None
-        state[meta["name"] + ".weight"] = decode(codes[c0:c0 + cn], floats[f0:f0 + fn], meta)
-    for key, shape, f0, fn in blob["tensors"]:
-        state[key] = floats[f0:f0 + fn].reshape(shape)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise FileFormatError(f"{path}: does not match the model ({str(err).splitlines()[-1].strip()})") from None
     return model
 
 
 def payload(path: str | Path) -> dict:
     """Bytes by kind in a packed file: codes, codebooks, other float32 values (raw layers
     included), the file."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = container.read(path, KIND)
     table = sum(m["table"][1] for m in blob["layers"] if not m.get("raw")) * 4
     return {"codes": blob["codes"].numel(), "codebooks": table,
             "floats": blob["floats"].numel() * 4 - table, "file": Path(path).stat().st_size}

@@ -35,8 +35,8 @@ distillation KL from the uncompressed net (a frozen copy taken at `start`, Sec. 
 unused), else cross-entropy. DDP: codebooks and assignments are broadcast from rank 0.
 
 `finalize` rounds the codebooks to float16 (what the file stores) and leaves plain layers with
-W = C[a] (the codes kept as `module.pq_code`). The file (`export`, MAGIC + crc32 container of
-filter_prune.write_checked): per layer the float16 codebook and the assignments packed at
+W = C[a] (the codes kept as `module.pq_code`). The file (`export`, a container.py file of kind
+"pq"): per layer the float16 codebook and the assignments packed at
 log2(k) bits (pack.pack_bits, ceil(C_out m log2(k) / 8) bytes); every other tensor float32.
 `load` rebuilds a plain model with identical predictions.
 """
@@ -54,20 +54,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError
-from .filter_prune import _replace, _sliced, read_checked, write_checked
+from . import container
+from .errors import ConfigError, FileFormatError
+from .filter_prune import _replace, _sliced
 from .method import Method, state_mismatch
 from .pack import pack_bits, unpack_bits
 from .prune import broadcast_, layers
 from .schedule import Schedule
 
-MAGIC = b"LWBPQ1\r\n"
-FORMAT = "lwb-pq-1"
+KIND = "pq"  # container.py kind (before it: MAGIC LWBPQ1 | u64 | torch.save | crc32)
 CALIBRATION = "_pq_calibration"  # attribute of the net: the latest training inputs (a deque)
-
-
-class PQFileError(ValueError):
-    """A product-quantization file that is not one, is truncated, corrupted or for another model."""
 
 
 @dataclass
@@ -334,18 +330,18 @@ class ProductQuant(Method):
                             "codes": torch.from_numpy(pack_bits(code.assign.cpu().numpy(), bits))})
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()
                  if k.removesuffix(".weight") not in coded}
-        return write_checked(path, MAGIC, {"format": FORMAT, "model": type(model).__name__,
-                                           "layers": entries, "state": state})
+        return container.write(path, KIND, {"model": type(model).__name__, "layers": entries, "state": state})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         """A model of the file's class (untouched) -> a plain copy with the file's weights."""
-        blob = read_checked(path, MAGIC, PQFileError, "product-quantization")
-        fail = lambda why: PQFileError(f"{path}: {why}")  # noqa: E731
-        if blob.get("format") != FORMAT or blob.get("model") != type(model).__name__:
+        blob = container.read(path, KIND)
+        fail = lambda why: FileFormatError(f"{path}: {why}")  # noqa: E731
+        if blob.get("model") != type(model).__name__:
             raise fail(f"does not match the model (a {blob.get('model')} file, "
                        f"a {type(model).__name__} model)")
-        state, coded = dict(blob["state"]), {}
+        state, coded = {}, {}
         try:
+            state.update(blob["state"])
             for layer in blob["layers"]:
                 C, shape = layer["codebook"].float(), layer["shape"]
                 n = math.prod(shape) // C.shape[1]
@@ -354,7 +350,7 @@ class ProductQuant(Method):
                     raise ValueError("codes outside the codebook")
                 coded[layer["name"]] = PQCode(C, a.reshape(shape[0], -1))
                 state[layer["name"] + ".weight"] = C[a].reshape(shape)
-        except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as err:
             raise fail(f"unreadable content ({type(err).__name__})") from None
         out = _plain(copy.deepcopy(model))
         if (key := state_mismatch(out, state)) is not None:
@@ -367,7 +363,7 @@ class ProductQuant(Method):
 
 def payload(path: str | Path) -> dict:
     """Bytes by kind in a PQ file: per layer {codes, codebook, bits}, the file."""
-    blob = read_checked(path, MAGIC, PQFileError, "product-quantization")
+    blob = container.read(path, KIND)
     return {"layers": {m["name"]: {"codes": m["codes"].numel(), "codebook": 2 * m["codebook"].numel(),
                                    "bits": m["bits"], "n": math.prod(m["shape"]) // m["codebook"].shape[1]}
                        for m in blob["layers"]}, "file": Path(path).stat().st_size}

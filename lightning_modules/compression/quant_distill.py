@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from . import container
+from .errors import ConfigError, FileFormatError
 from .method import Method, state_mismatch
 from .pack import pack_bits, unpack_bits
 from .qlayers import QConv2d, QLayer, QLinear
@@ -182,7 +183,7 @@ class PointsQuantizer(nn.Module):
 
 # --- the file: b-bit codes, two floats per bucket, the level table ----------------------------
 
-FORMAT = "polino-packed-1"
+KIND = "polino_codes"  # container.py kind (before it: a torch.save dict of format "polino-packed-1")
 
 
 def export_codes(model: nn.Module, path: str | Path) -> Path:
@@ -214,31 +215,37 @@ def export_codes(model: nn.Module, path: str | Path) -> Path:
         model.train(was)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
              if k not in skip and not k.startswith(tuple(skip))}
-    torch.save({"format": FORMAT, "layers": layers, "state": state,
-                "codes": torch.from_numpy(np.concatenate(codes or [np.zeros(0, np.uint8)])),
-                "floats": torch.cat(floats) if floats else torch.zeros(0)}, path)
-    return path
+    return container.write(path, KIND, {
+        "layers": layers, "state": state,
+        "codes": torch.from_numpy(np.concatenate(codes or [np.zeros(0, np.uint8)])),
+        "floats": torch.cat(floats) if floats else torch.zeros(0)})
 
 
 def load_codes(model: nn.Module, path: str | Path) -> nn.Module:
     """Load `export_codes`'s file into `model` (quantized by the same method: same layer names);
     each layer gets w_q as its weight and no weight quantizer; strict key checking."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} model file (format {blob.get('format')!r})")
-    codes, floats, state = blob["codes"].numpy(), blob["floats"], dict(blob["state"])
-    for meta in blob["layers"]:
-        layer = model.get_submodule(meta["name"])
-        if not isinstance(layer, QLayer):
-            raise ValueError(f"{path}: {meta['name']} is a {type(layer).__name__}, not a quantized layer")
-        alpha, beta, table = (floats[a:a + n] for a, n in (meta[k] for k in ("alpha", "beta", "table")))
-        like = torch.empty(meta["shape"])
-        (c0, cn), d = meta["codes"], meta["bucket"]
-        k = torch.from_numpy(unpack_bits(codes[c0:c0 + cn], meta["bits"], like.numel()))
-        k = torch.cat([k, k.new_zeros(-k.numel() % d)]).reshape(-1, d)
-        state[meta["name"] + ".weight"] = dequantize(k, alpha[:, None], beta[:, None], table, like)
+    blob = container.read(path, KIND)
+    codes, floats, state, quantized = blob["codes"].numpy(), blob["floats"], dict(blob["state"]), []
+    try:
+        for meta in blob["layers"]:
+            layer = model.get_submodule(meta["name"])
+            if not isinstance(layer, QLayer):
+                raise ValueError(f"{meta['name']} is a {type(layer).__name__}, not a quantized layer")
+            alpha, beta, table = (floats[a:a + n] for a, n in (meta[k] for k in ("alpha", "beta", "table")))
+            like = torch.empty(meta["shape"])
+            (c0, cn), d = meta["codes"], meta["bucket"]
+            k = torch.from_numpy(unpack_bits(codes[c0:c0 + cn], meta["bits"], like.numel()))
+            k = torch.cat([k, k.new_zeros(-k.numel() % d)]).reshape(-1, d)
+            state[meta["name"] + ".weight"] = dequantize(k, alpha[:, None], beta[:, None], table, like)
+            quantized.append(layer)
+    except (AttributeError, ValueError, RuntimeError, KeyError, TypeError, IndexError) as err:
+        raise FileFormatError(f"{path}: does not match the model ({err})") from None
+    for layer in quantized:
         layer.weight_quant = None
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise FileFormatError(f"{path}: does not match the model ({str(err).splitlines()[-1].strip()})") from None
     return model
 
 

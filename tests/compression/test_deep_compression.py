@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from dc_helpers import deep_compression, outputs, run_schedule
-from lightning_modules.compression.compressed_file import CompressedFileError
 from lightning_modules.compression.deep_compression import DeepCompressionFile
+from lightning_modules.compression.errors import FileFormatError
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import LeNet5, LeNet300
 
@@ -65,28 +65,13 @@ def test_float16_storage_is_exact_and_smaller(make_method, tmp_path):
     assert sizes[32] - sizes[16] >= 2 * floats - 64  # (the deflated header differs a little)
 
 
-def test_format_1_files_still_load(make_method, tmp_path):
-    """A file of format 1 (plain JSON header, float32 floats, magic LWBDC1) written by earlier
-    versions reloads to the same predictions."""
-    import json
-    import struct
-    import zlib
-
-    from lightning_modules.compression import compressed_file as cf
+def test_unknown_magic_is_refused(make_method, tmp_path):
+    """(Files of formats 1 and 2 still load: tests/compression/test_container.py, from fixtures.)"""
     method, net = compressed(make_method, "deep_compression", LeNet300, 0, "method.code.float_bits=32")
     data = method.export(net, tmp_path / "v2.dc").read_bytes()
-    (hlen,) = struct.unpack_from("<I", data, 8)
-    header = json.loads(zlib.decompress(data[12:12 + hlen]))
-    for e in header["entries"]:
-        e.pop("float_bits", None)  # format 1 had no such field
-    head = json.dumps(header, separators=(",", ":")).encode()
-    body = cf.MAGIC_V1 + struct.pack("<I", len(head)) + head + data[12 + hlen:-4]
-    old = tmp_path / "v1.dc"
-    old.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
-    assert torch.equal(outputs(method.load(LeNet300(), old)), outputs(net))
     bad = tmp_path / "bad.dc"
     bad.write_bytes(b"LWBDC9\r\n" + data[8:])
-    with pytest.raises(CompressedFileError, match="bad magic"):
+    with pytest.raises(FileFormatError, match="unknown magic"):
         method.load(LeNet300(), bad)
 
 
@@ -159,7 +144,7 @@ def test_damaged_file_gives_one_clear_error(make_method, tmp_path, how):
     bad.write_bytes(damaged(good, how))
     fresh = LeNet300()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(CompressedFileError) as e:
+    with pytest.raises(FileFormatError) as e:
         method.load(fresh, bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value) and isinstance(e.value, ValueError)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # untouched
@@ -168,10 +153,10 @@ def test_damaged_file_gives_one_clear_error(make_method, tmp_path, how):
 def test_file_of_another_model_or_format(make_method, tmp_path):
     method, net = compressed(make_method, "deep_compression", LeNet300)
     path = method.export(net, tmp_path / "model.dc")
-    with pytest.raises(CompressedFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         method.load(LeNet5(), path)
     torch.save(LeNet300().state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(CompressedFileError, match="not a Deep Compression file"):
+    with pytest.raises(FileFormatError, match="not a deep_compression file"):
         method.load(LeNet300(), tmp_path / "plain.pt")
 
 

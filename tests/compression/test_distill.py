@@ -11,6 +11,7 @@ import yaml
 
 from hydra.utils import instantiate
 
+from lightning_modules.compression import container
 from lightning_modules.compression.distill import KnowledgeDistillation, kd_loss
 from lightning_modules.compression.method import FullPrecision
 from lightning_modules.config_check import ConfigError
@@ -92,7 +93,7 @@ def test_teacher_found_by_run_name_frozen_and_outside_the_student(tmp_path):
     method = kd(teacher="teach", results_dir=str(tmp_path), suite="s", alpha=0.5)
     teacher = method.teacher
     want = MLP(hidden=(48, 48))
-    want.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    want.load_state_dict(container.read(run / "model.pt", "state_dict"))
     x = torch.randn(8, 1, 28, 28)
     assert torch.equal(teacher(x), want.eval()(x))  # the run's weights
     student = method.apply(MLP(hidden=(16, 16)))
@@ -128,7 +129,7 @@ def test_teacher_by_path_and_run_directory(tmp_path):
 def test_teacher_from_lightning_checkpoint(tmp_path):
     run = make_run(tmp_path, "t", hidden=(8, 8))
     net = MLP(hidden=(8, 8))
-    net.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    net.load_state_dict(container.read(run / "model.pt", "state_dict"))
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "last.ckpt")
     teacher, _, _ = load_run(str(run / "last.ckpt"), tmp_path)
     x = torch.randn(2, 1, 28, 28)
@@ -196,7 +197,7 @@ def test_teacher_run_then_student_naming_it(tmp_path):
     assert 0.0 <= rec["top1"] <= 1.0 and rec["test_samples"] == 1000
     student_params = 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
     assert rec["params"] == student_params  # the teacher's 2.4M are not the student's
-    state = torch.load(rec["model_file"], weights_only=True)  # the student alone, fp32
+    state = container.read(rec["model_file"], "state_dict")  # the student alone, fp32
     assert sum(v.numel() for v in state.values()) == student_params
     assert rec["footprint_bytes"] < 4 * student_params * 1.01
     # a missing teacher: exit status 2, one line naming method.teacher, no run directory

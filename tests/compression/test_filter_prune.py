@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from dc_helpers import outputs, sgd_steps
-from lightning_modules.compression.filter_prune import (ChannelMask, FilterPrune, FilterPruneFileError,
+from lightning_modules.compression.errors import FileFormatError
+from lightning_modules.compression.filter_prune import (ChannelMask, FilterPrune,
                                                         channel_groups, flops, masks)
 from lightning_modules.compression.prune import nonzero_params
 from lightning_modules.config_check import ConfigError
@@ -228,7 +229,7 @@ def test_damaged_file_gives_one_clear_error(tmp_path, how):
     bad.write_bytes(damaged(good, how))
     fresh = LeNet5()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(FilterPruneFileError) as e:
+    with pytest.raises(FileFormatError) as e:
         method.load(fresh, bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value) and isinstance(e.value, ValueError)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # untouched
@@ -237,12 +238,12 @@ def test_damaged_file_gives_one_clear_error(tmp_path, how):
 def test_file_of_another_model_or_format(tmp_path):
     method, net = pruned("lenet5")
     path = method.export(net, tmp_path / "model.fp")
-    with pytest.raises(FilterPruneFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         method.load(resnet8(), path)
-    with pytest.raises(FilterPruneFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         method.load(LeNet5(num_classes=7), path)
     torch.save(LeNet5().state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(FilterPruneFileError, match="not a filter-pruning file"):
+    with pytest.raises(FileFormatError, match="not a filter_prune file"):
         method.load(LeNet5(), tmp_path / "plain.pt")
 
 

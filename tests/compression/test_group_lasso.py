@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from dc_helpers import outputs, sgd_steps
-from lightning_modules.compression.filter_prune import FilterPruneFileError, channel_groups
+from lightning_modules.compression.errors import FileFormatError
+from lightning_modules.compression.filter_prune import channel_groups
 from lightning_modules.compression.group_lasso import GroupLasso, group_matrix, group_norms, penalty, prox
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import CifarResNet, LeNet5, LeNet300
@@ -179,10 +180,10 @@ def test_damaged_file_gives_one_clear_error(tmp_path):
     data = bytearray(good.read_bytes())
     data[len(data) // 2] ^= 0x5A
     bad.write_bytes(bytes(data))
-    with pytest.raises(FilterPruneFileError, match="checksum mismatch") as e:
+    with pytest.raises(FileFormatError, match="checksum mismatch") as e:
         GroupLasso().load(LeNet5(), bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(FilterPruneFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         GroupLasso().load(resnet8(), good)
 
 

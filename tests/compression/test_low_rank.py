@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dc_helpers import outputs, sgd_steps
-from lightning_modules.compression.low_rank import (FactoredLinear, LowRank, LowRankFileError, Tucker2Conv,
+from lightning_modules.compression.errors import FileFormatError
+from lightning_modules.compression.low_rank import (FactoredLinear, LowRank, Tucker2Conv,
                                                     choose_ranks, energy_rank, factor, factored_params,
                                                     svd_factors, tucker2_factors)
 from lightning_modules.config_check import ConfigError
@@ -211,7 +212,7 @@ def test_damaged_file_gives_one_clear_error(tmp_path, how):
     bad.write_bytes(bytes(data))
     fresh = LeNet5()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(LowRankFileError) as e:
+    with pytest.raises(FileFormatError) as e:
         LowRank().load(fresh, bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
@@ -220,12 +221,12 @@ def test_damaged_file_gives_one_clear_error(tmp_path, how):
 def test_file_of_another_model_or_format(tmp_path):
     method = LowRank(energy=None, params_ratio=0.4)
     path = method.export(method.apply(LeNet5()), tmp_path / "model.lr")
-    with pytest.raises(LowRankFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         LowRank().load(LeNet300(), path)
-    with pytest.raises(LowRankFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         LowRank().load(LeNet5(num_classes=7), path)
     torch.save(LeNet5().state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(LowRankFileError, match="not a low-rank file"):
+    with pytest.raises(FileFormatError, match="not a low_rank file"):
         LowRank().load(LeNet5(), tmp_path / "plain.pt")
 
 

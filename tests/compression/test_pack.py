@@ -95,7 +95,7 @@ def test_xnor_lenet5_file_size_near_theory(tmp_path, make_method):
     p = payload(path)
     assert p["codes"] == binary // 8 and p["codebooks"] == 4 * alphas and p["floats"] == 4 * fp
     overhead = p["file"] - (p["codes"] + p["codebooks"] + p["floats"])
-    assert 0 < overhead < 4096  # torch.save's zip container and the small metadata
+    assert 0 < overhead < 4096  # container.py: the prelude and the deflated header
     assert p["file"] <= 1.10 * theory
     print(f"xnor LeNet-5: file {p['file']} B, theory {theory} B, container {overhead} B, "
           f"ratio {p['file'] / theory:.4f}")
@@ -137,5 +137,5 @@ def test_stochastic_binaryconnect_test_time_weights(tmp_path):
 
 def test_load_rejects_other_files(tmp_path, make_method):
     torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="not a packed model file"):
+    with pytest.raises(ValueError, match="not a packed file"):
         make_method("xnor").load(LeNet5(), tmp_path / "plain.pt")

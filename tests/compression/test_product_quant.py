@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dc_helpers import outputs, sgd_steps
-from lightning_modules.compression.product_quant import (PQFileError, ProductQuant, block_gram, em,
+from lightning_modules.compression.errors import FileFormatError
+from lightning_modules.compression.product_quant import (ProductQuant, block_gram, em,
                                                          objective, payload, pq_of, rows, subvectors)
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import CifarResNet, LeNet5
@@ -200,7 +201,7 @@ def test_damaged_file_gives_one_clear_error(tmp_path, how):
     bad.write_bytes(bytes(data))
     fresh = LeNet5()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(PQFileError) as e:
+    with pytest.raises(FileFormatError) as e:
         ProductQuant().load(fresh, bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
@@ -209,12 +210,12 @@ def test_damaged_file_gives_one_clear_error(tmp_path, how):
 def test_file_of_another_model_or_format(tmp_path):
     method, net = quantized()
     path = method.export(net, tmp_path / "model.pq")
-    with pytest.raises(PQFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         ProductQuant().load(CifarResNet(depth=8, in_channels=1, image_size=28), path)
-    with pytest.raises(PQFileError, match="does not match the model"):
+    with pytest.raises(FileFormatError, match="does not match the model"):
         ProductQuant().load(LeNet5(num_classes=7), path)
     torch.save(LeNet5().state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(PQFileError, match="not a product-quantization file"):
+    with pytest.raises(FileFormatError, match="not a pq file"):
         ProductQuant().load(LeNet5(), tmp_path / "plain.pt")
 
 

@@ -236,7 +236,7 @@ def test_pm_quant_finalize_export_load_identical_and_small(w, bucket, tmp_path):
     buckets_ = sum(-(-n // (bucket or n)) for n in (784 * 128, 128 * 128, 128 * 10))
     theory = n_w * w / 8 + 4 * (2 * buckets_ + 3 * 2 ** w + n_b)
     size = path.stat().st_size
-    assert theory < size < theory + 4096, (size, theory)  # + torch.save's container
+    assert theory < size < theory + 4096, (size, theory)  # + container.py's header
     assert size < {2: 1 / 12, 4: 1 / 7, 8: 1 / 3.5}[w] * fp32, (size, fp32)
     print(f"pm_quant W{w} bucket {bucket}: {size} B, theory {theory:.0f} B, fp32 {fp32} B "
           f"({fp32 / size:.1f}x smaller)")
