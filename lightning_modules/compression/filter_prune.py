@@ -2,7 +2,7 @@
 Networks for Resource Efficient Inference"): Taylor criterion, iterative, channels removed.
 
 A *group* is the output channels of a producer conv (with its BatchNorm) and the matching inputs
-of the consumer that reads them (`channel_groups`: one explicit description per architecture).
+of the consumer that reads them (`channel_groups`: the model class declares them).
 `apply` puts a `ChannelMask` ([C] buffer of ones) right after the producer (after its BatchNorm),
 so a pruned channel is exactly zero downstream. In training the mask accumulates the Taylor
 criterion of its feature map z (Eq. 7, dL/dz from a tensor hook), per example and averaged over
