@@ -20,6 +20,12 @@ by default) that at least one rule matches, in registration order; `quantize` de
 Every name pattern must match a candidate (a typo is a ConfigError naming the key); a rule
 selected by type alone may match nothing (a `type: linear` rule on an all-conv net is harmless).
 
+A method uses it as
+
+    rules = parse(DEFAULT_QUANT_RULES, "default") + parse(cfg_layers, "method.layers")
+    p = plan(model, rules)          # {"layer1.0.conv1": {"quantize": True, "bits": {...}}, ...}
+    for name in selected(p): ...    # the layers it touches, with p[name]'s settings
+
 Today's YAML keys are presets of this grammar: `from_skip`, `from_layers`, `from_kinds`,
 `from_kind_map`, `from_per_layer`; `DEFAULT_QUANT_RULES` is the quantization methods' default.
 """

@@ -1,5 +1,7 @@
 """The layer-selection grammar (compression/select.py): today's keys as presets select exactly the
 layers and values today's code selects, on our nets and torchvision's; override order; errors."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -58,7 +60,6 @@ def test_skip_selects_the_layers_resolve_skip_leaves(net):
 @pytest.mark.parametrize("method", ["xnor", "sspq"])
 def test_layers_all_and_pointwise_select_what_the_quant_methods_swap(net, method, make_method):
     """xnor: layers: all; sspq: layers: pointwise (1x1 convs, groups=1); both skip first, last."""
-    import copy
     quant = make_method(method)
     swapped = [n for n, m in quant.apply(copy.deepcopy(net)).named_modules() if isinstance(m, QLayer)]
     rules = sel.from_layers(quant.layers, quant.skip)
@@ -99,8 +100,8 @@ def test_kind_map_gives_share_and_deep_compression_bits(net):
 def test_kind_map_gives_product_quants_block_size_names_overriding_kinds(net):
     names = [n for n, _ in sel.candidates(net)]
     linear = next(n for n, m in sel.candidates(net) if isinstance(m, nn.Linear))
-    conv = next((n for n, m in sel.candidates(net) if isinstance(m, nn.Conv2d) and m.weight[0].numel() % 2 == 0),
-                None)
+    conv = next((n for n, m in sel.candidates(net)
+                 if isinstance(m, nn.Conv2d) and m.weight[0].numel() % 2 == 0), None)
     nested = {}
     for n in filter(None, (linear, conv)):  # {classifier: {1: 2}}: a dotted name nests (pq's _flat)
         *head, leaf = n.split(".")
@@ -156,8 +157,10 @@ def test_later_rules_override_earlier_ones_key_by_key_and_bits_role_by_role():
     assert p == {
         "features.0": {"quantize": True, "bits": {"w": 4, "a": 2, "g": 32}, "sparsity": 0.5},
         "features.2": {"quantize": True, "bits": {"w": 4, "a": 2, "g": 32}, "sparsity": 0.5},
-        "classifier.1": {"quantize": True, "bits": {"w": 2, "a": 2, "g": 32}, "sparsity": 0.9, "block_size": 4},
-        "classifier.3": {"quantize": False, "bits": {"w": 2, "a": 2, "g": 32}, "sparsity": 0.9, "block_size": 4},
+        "classifier.1": {"quantize": True, "bits": {"w": 2, "a": 2, "g": 32}, "sparsity": 0.9,
+                         "block_size": 4},
+        "classifier.3": {"quantize": False, "bits": {"w": 2, "a": 2, "g": 32}, "sparsity": 0.9,
+                         "block_size": 4},
     }
 
 
