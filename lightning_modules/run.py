@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.grad_compression import GradCompression
 from .callbacks.throughput import ThroughputMeter
-from .compression.cost import cost
+from .compression.cost import cost, uniform_bits
 from .compression.prune import nonzero_params
 from .config_check import ConfigError, check_config
 from .earlier_runs import resolve_references
@@ -161,8 +161,9 @@ def run(cfg: DictConfig) -> dict:
             "world_size": trainer.world_size,
         })
         # BOPs of the layers with quantized weights and inputs, FLOPs + BOPs/64 (compression/cost.py)
-        record.update(cost(module.net, (dm.in_channels, dm.image_size, dm.image_size),
-                           getattr(module.method, "bits", None), record["flops"]))
+        costs = cost(module.net, (dm.in_channels, dm.image_size, dm.image_size),
+                     uniform_bits(module.net, getattr(module.method, "bits", None)), record["flops"])
+        record.update(bops=costs["bops"], flops_effective=costs["flops_effective"])
     except ConfigError:
         # a config the method rejects once training starts (e.g. a schedule longer than the run):
         # bad input, so nothing is left behind

@@ -3,6 +3,8 @@
 - MACs of a conv: (output values per sample) x (C_in / groups) x K_h x K_w; of a linear layer:
   out_features x in_features (biases and BatchNorm not counted; torch.utils.flop_counter counts
   the same products and reports 2 FLOPs per multiply-add).
+- Bits are per layer (`{name: {w, a, g}}`, the method's `layer_bits(model)`), so a mixed
+  precision model is counted at each layer's own bits; `uniform_bits` spreads one triple.
 - BOPs (binary operations), as the binary-network papers report them (Rastegari et al. 2016,
   XNOR-Net; Zhou et al. 2016, DoReFa-Net's bit convolution kernels; Liu et al. 2018, Bi-Real
   Net): a layer whose weights AND inputs are both quantized (W < 32 and A < 32 bits) computes
@@ -59,26 +61,43 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     return out
 
 
-def layer_bits(layer: nn.Module, bits: Mapping | None) -> tuple[int, int]:
-    """(W, A) bits a layer computes with: the method's bits for a role its QLayer quantizes,
-    32 otherwise."""
-    if bits is None or not isinstance(layer, QLayer):
-        return 32, 32
-    w = int(bits["w"]) if layer.weight_quant is not None else 32
-    a = int(bits["a"]) if layer.act_quant is not None else 32
-    return w, a
+FP = {"w": 32, "a": 32, "g": 32}
 
 
-def cost(model: nn.Module, input_shape: tuple[int, ...], bits: Mapping | None,
+def uniform_bits(model: nn.Module, bits: Mapping | None) -> dict[str, dict[str, int]]:
+    """{layer name: {w, a, g}} of a method with one bits triple for all its quantized layers:
+    each QLayer computes at `bits` for the roles it quantizes, 32 for the others; float layers
+    are left out (they compute at 32). A Method's `layer_bits(model)` may return this."""
+    if bits is None:
+        return {}
+    return {name: {r: int(bits[r]) if getattr(m, q) is not None else 32
+                   for r, q in (("w", "weight_quant"), ("a", "act_quant"), ("g", "grad_quant"))}
+            for name, m in model.named_modules() if isinstance(m, QLayer)}
+
+
+def cost(model: nn.Module, input_shape: tuple[int, ...], bits: Mapping[str, Mapping] | None,
          flops: int) -> dict:
-    """{"bops", "flops_effective"} of one sample (`input_shape` without the batch dim) for a
-    model whose flop_counter FLOPs are `flops`; `bits` = the method's {w, a, g} (None: fp)."""
+    """{"bops", "flops_effective", "layers"} of one sample (`input_shape` without the batch dim)
+    for a model whose flop_counter FLOPs are `flops`. `bits`: {layer name: {w, a, g}} (the
+    method's `layer_bits(model)`); a layer it leaves out computes at 32 bits. "layers": one row
+    per Conv2d / Linear, in forward order: name, type, bits, params (weight + bias), macs, bops."""
     net = copy.deepcopy(model).cpu().float().eval()
     macs = layer_macs(net, (1, *input_shape))
+    bits = bits or {}
+    if not all(isinstance(v, Mapping) for v in bits.values()):
+        raise TypeError(f"cost(bits={dict(bits)}): needs {{layer name: {{w, a, g}}}}; "
+                        "spread one triple with uniform_bits(model, bits)")
     bops = binary_macs = 0
+    rows = []
     for name, n in macs.items():
-        w, a = layer_bits(net.get_submodule(name), bits)
-        if w < 32 and a < 32:
-            bops += n * w * a
+        m = net.get_submodule(name)
+        b = {**FP, **{r: int(v) for r, v in bits.get(name, {}).items()}}
+        layer_bops = n * b["w"] * b["a"] if b["w"] < 32 and b["a"] < 32 else 0
+        if layer_bops:
+            bops += layer_bops
             binary_macs += n
-    return {"bops": int(bops), "flops_effective": int(round(flops - 2 * binary_macs + 2 * bops / 64))}
+        params = m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+        rows.append({"name": name, "type": type(m).__name__, "bits": b, "params": int(params),
+                     "macs": int(n), "bops": int(layer_bops)})
+    return {"bops": int(bops), "flops_effective": int(round(flops - 2 * binary_macs + 2 * bops / 64)),
+            "layers": rows}

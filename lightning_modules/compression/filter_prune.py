@@ -2,7 +2,7 @@
 Networks for Resource Efficient Inference"): Taylor criterion, iterative, channels removed.
 
 A *group* is the output channels of a producer conv (with its BatchNorm) and the matching inputs
-of the consumer that reads them (`channel_groups`: one explicit description per architecture).
+of the consumer that reads them (`channel_groups`: the model class declares them).
 `apply` puts a `ChannelMask` ([C] buffer of ones) right after the producer (after its BatchNorm),
 so a pruned channel is exactly zero downstream. In training the mask accumulates the Taylor
 criterion of its feature map z (Eq. 7, dL/dz from a tensor hook), per example and averaged over
@@ -31,10 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError
-from ..models import CifarResNet, LeNet5
 from . import container
-from .errors import FileFormatError
+from .errors import ConfigError, FileFormatError
 from .method import Method, state_mismatch
 from .prune import broadcast_
 from .schedule import Schedule
@@ -57,15 +55,28 @@ class Group:
 
 
 def channel_groups(model: nn.Module) -> list[Group]:
-    """The prunable groups of a supported net (a ResNet block's output channels are tied to its
-    parameter-free shortcut and the stem, so only the inner channels of each block are pruned)."""
-    if isinstance(model, CifarResNet):
-        return [Group(f"layers.{i}.conv1", f"layers.{i}.bn1", f"layers.{i}.conv2")
-                for i in range(len(model.layers))]
-    if isinstance(model, LeNet5):  # conv1 -> pool -> conv2 -> pool -> flatten -> ip1
-        return [Group("features.0", None, "features.2"), Group("features.2", None, "classifier.1")]
-    raise ConfigError(f"model={type(model).__name__}: filter pruning supports CifarResNet "
-                      "(resnet8, resnet20) and LeNet5 (lenet5)")
+    """The prunable groups the model declares: its class's `channel_groups()` -> [(producer,
+    norm or None, consumer), ...] module names (e.g. CifarResNet: only the inner channels of each
+    block, its outputs being tied to the parameter-free shortcut and the stem)."""
+    declare = getattr(type(model), "channel_groups", None)
+    if not callable(declare):
+        raise ConfigError(f"model={type(model).__name__}: filter pruning needs a model that "
+                          f"declares its channel_groups(); supported: {', '.join(_declaring())}")
+    return [Group(*g) for g in declare(model)]
+
+
+def _declaring(cls: type = nn.Module) -> list[str]:
+    """The loaded model classes that declare channel_groups (sorted names)."""
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub.__name__} if "channel_groups" in vars(sub) else set()
+        out |= set(_declaring(sub))
+    return sorted(out)
+
+
+def width(m: nn.Module) -> int:
+    """Output channels of a Conv2d, output features of a Linear (a group's channel count)."""
+    return m.weight.shape[0]
 
 
 class ChannelMask(nn.Module):
@@ -137,7 +148,7 @@ def _cost_terms(model: nn.Module, groups: list[Group]) -> list[tuple]:
         kernel = m.weight[0, 0].numel() if conv else 1  # weight [out, in/groups, kh, kw]
         coef = 2 * kernel * getattr(m, POSITIONS) // (m.groups if conv else 1)
         gi, go = in_of.get(name), out_of.get(name)
-        per = c_in // mods[groups[gi].producer].out_channels if gi is not None else c_in
+        per = c_in // width(mods[groups[gi].producer]) if gi is not None else c_in
         terms.append((coef, gi, per, go, 1 if go is not None else c_out))
     return terms
 
@@ -158,7 +169,7 @@ def flops(model: nn.Module) -> int:
     when it has no masks): what FlopCounterMode counts once the masked channels are removed."""
     groups = channel_groups(model)
     mods = dict(model.named_modules())
-    kept = [int(m.mask.sum()) if m is not None else mods[g.producer].out_channels
+    kept = [int(m.mask.sum()) if m is not None else width(mods[g.producer])
             for g, m in zip(groups, masks(model, groups))]
     return int(_flops(_cost_terms(model, groups), torch.tensor(kept)))
 
@@ -201,7 +212,7 @@ def shrink(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
             _replace(model, g.norm, _sliced(mods[g.norm], out_idx=idx))
         cons = mods[g.consumer]
         if isinstance(cons, nn.Linear):
-            per = cons.in_features // mods[g.producer].out_channels
+            per = cons.in_features // width(mods[g.producer])
             idx = (idx[:, None] * per + torch.arange(per)).flatten()
         _replace(model, g.consumer, _sliced(cons, in_idx=idx))
     for m in model.modules():
@@ -235,7 +246,7 @@ class FilterPrune(Method):
         for g in groups:
             site = mods[g.site]
             if getattr(site, "channel_mask", None) is None:
-                site.channel_mask = ChannelMask(mods[g.producer].out_channels, site.weight.device)
+                site.channel_mask = ChannelMask(width(mods[g.producer]), site.weight.device)
                 site.register_forward_hook(_masked)
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)) and _record_positions not in m._forward_hooks.values():
@@ -301,7 +312,7 @@ class FilterPrune(Method):
         mods = dict(model.named_modules())
         return container.write(path, KIND, {
             "model": type(model).__name__,
-            "groups": {g.producer: mods[g.producer].out_channels for g in channel_groups(model)},
+            "groups": {g.producer: width(mods[g.producer]) for g in channel_groups(model)},
             "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
@@ -317,7 +328,7 @@ class FilterPrune(Method):
         out = copy.deepcopy(model)
         mods = dict(out.named_modules())
         for g in groups:
-            if not isinstance(counts[g.producer], int) or not 1 <= counts[g.producer] <= mods[g.producer].out_channels:
+            if not isinstance(counts[g.producer], int) or not 1 <= counts[g.producer] <= width(mods[g.producer]):
                 raise fail(f"does not match the model ({g.producer}: {counts[g.producer]} channels)")
         out = shrink(out, {p: torch.arange(k) for p, k in counts.items()})
         if (key := state_mismatch(out, payload["state"])) is not None:

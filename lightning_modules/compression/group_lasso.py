@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .filter_prune import FilterPrune, Group, channel_groups, shrink
+from .filter_prune import FilterPrune, Group, channel_groups, shrink, width
 from .method import Method
 
 
@@ -54,7 +54,7 @@ def members(model: nn.Module, g: Group) -> list[tuple[torch.Tensor, int]]:
 
 def group_matrix(model: nn.Module, g: Group) -> torch.Tensor:
     """(C, n_g): row c holds every weight of feature map c's group (differentiable)."""
-    C = model.get_submodule(g.producer).out_channels
+    C = width(model.get_submodule(g.producer))
     rows = []
     for t, dim in members(model, g):
         t = t.reshape(t.shape[0], C, -1) if dim == 1 else t.reshape(C, -1)
@@ -138,9 +138,9 @@ class GroupLasso(Method):
     @torch.no_grad()
     def finalize(self, model: nn.Module) -> nn.Module:
         keep = self.keep(model)
-        scale_groups(model, [torch.zeros(model.get_submodule(p).out_channels, device=idx.device)
+        scale_groups(model, [torch.zeros(width(model.get_submodule(p)), device=idx.device)
                              .index_fill_(0, idx, 1.0) for p, idx in keep.items()])
-        self.removed = {p: model.get_submodule(p).out_channels - len(idx) for p, idx in keep.items()}
+        self.removed = {p: width(model.get_submodule(p)) - len(idx) for p, idx in keep.items()}
         return shrink(model, keep)
 
     def export(self, model: nn.Module, path: str | Path) -> Path:

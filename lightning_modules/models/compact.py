@@ -140,3 +140,9 @@ class VGGSmall(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).flatten(1))
+
+    def channel_groups(self) -> list[tuple[str, str | None, str]]:
+        """(producer, BatchNorm, consumer) for structured pruning: each conv's channels (after
+        its BN), read by the next conv, the last by fc (a channel owns side*side inputs)."""
+        convs = [f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.Sequential)]
+        return [(f"{a}.0", f"{a}.1", f"{b}.0" if b else "fc") for a, b in zip(convs, [*convs[1:], None])]

@@ -26,6 +26,10 @@ class LeNet300(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def channel_groups(self) -> list[tuple[str, str | None, str]]:
+        """(producer, BatchNorm, consumer) for structured pruning: each hidden unit of ip1, ip2."""
+        return [("net.1", None, "net.3"), ("net.3", None, "net.5")]
+
 
 class LeNet5(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10):
@@ -45,3 +49,8 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def channel_groups(self) -> list[tuple[str, str | None, str]]:
+        """(producer, BatchNorm, consumer) for structured pruning: conv1 -> pool -> conv2 ->
+        pool -> flatten -> ip1 (a conv2 channel owns side*side inputs of ip1)."""
+        return [("features.0", None, "features.2"), ("features.2", None, "classifier.1")]

@@ -38,3 +38,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def channel_groups(self) -> list[tuple[str, str | None, str]]:
+        """(producer, BatchNorm, consumer) for structured pruning: each hidden layer's units."""
+        fc = [f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.Linear)]
+        return [(a, None, b) for a, b in zip(fc, fc[1:])]

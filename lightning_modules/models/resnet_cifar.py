@@ -66,3 +66,10 @@ class CifarResNet(nn.Module):
         out = self.layers(out)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out)
+
+    def channel_groups(self) -> list[tuple[str, str | None, str]]:
+        """Channels structured pruning may remove, as (producer, its BatchNorm, consumer): a
+        block's output channels are tied to its parameter-free shortcut and the stem, so only
+        the inner channels of each block (conv1 -> bn1 -> conv2)."""
+        return [(f"layers.{i}.conv1", f"layers.{i}.bn1", f"layers.{i}.conv2")
+                for i in range(len(self.layers))]

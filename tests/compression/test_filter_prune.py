@@ -16,7 +16,7 @@ from lightning_modules.compression.filter_prune import (ChannelMask, FilterPrune
                                                         channel_groups, flops, masks)
 from lightning_modules.compression.prune import nonzero_params
 from lightning_modules.config_check import ConfigError
-from lightning_modules.models import CifarResNet, LeNet5, LeNet300
+from lightning_modules.models import MLP, CifarResNet, LeNet5, LeNet300, MobileNetV1, VGGSmall
 
 
 def resnet8():
@@ -266,8 +266,37 @@ def test_bad_config_is_one_line(kw, msg):
 
 
 def test_unsupported_model_is_a_config_error_naming_model():
-    with pytest.raises(ConfigError, match=r"^model=LeNet300: filter pruning supports"):
-        FilterPrune().apply(LeNet300())
+    with pytest.raises(ConfigError, match=r"^model=MobileNetV1: filter pruning needs a model that "
+                       r"declares its channel_groups\(\); supported: CifarResNet, LeNet300, LeNet5, MLP, VGGSmall"):
+        FilterPrune().apply(MobileNetV1(in_channels=1, image_size=28))
+
+
+# --- the models that declare their channel groups -----------------------------------------------
+
+MORE = {"lenet300": LeNet300, "mlp": lambda: MLP(hidden=(64, 32), dropout_hidden=0.2),
+        "vgg_small": lambda: VGGSmall(in_channels=1, image_size=28, width=8)}
+
+
+@pytest.mark.parametrize("name", MORE)
+def test_declared_groups_prune_shrink_and_reload_to_identical_predictions(name, monkeypatch, tmp_path):
+    """fc -> fc (LeNet-300-100, MLP: a hidden unit is a channel) and conv -> BN -> conv ... -> fc
+    (VGG-Small): masked channels are zero, the analytic FLOPs are FlopCounterMode's, finalize and
+    export -> load give the same predictions from smaller layers."""
+    monkeypatch.setitem(NETS, name, MORE[name])
+    method, net = pruned(name)
+    groups = channel_groups(net)
+    full = [m.mask.numel() for m in masks(net, groups)]
+    assert all(k >= 1 for k in kept(net)) and sum(kept(net)) < sum(full)
+    want, want_flops, counts = outputs(net), flops(net), kept(net)
+    assert want_flops <= 0.5 * counted_flops(MORE[name]()) + 1
+    path = method.export(net, tmp_path / "model.fp")
+    net = method.finalize(net)
+    for g, k in zip(groups, counts):
+        assert net.get_submodule(g.producer).weight.shape[0] == k
+        assert net.get_submodule(g.consumer).weight.shape[1] % k == 0
+    assert torch.allclose(outputs(net), want, atol=1e-5)
+    assert counted_flops(net) == want_flops
+    assert torch.equal(outputs(FilterPrune().load(MORE[name](), path)), outputs(net))
 
 
 def test_yaml_builds_the_method(make_method):

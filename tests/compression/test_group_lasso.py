@@ -11,7 +11,7 @@ from lightning_modules.compression.errors import FileFormatError
 from lightning_modules.compression.filter_prune import channel_groups
 from lightning_modules.compression.group_lasso import GroupLasso, group_matrix, group_norms, penalty, prox
 from lightning_modules.config_check import ConfigError
-from lightning_modules.models import CifarResNet, LeNet5, LeNet300
+from lightning_modules.models import CifarResNet, LeNet5, MobileNetV1
 
 
 def resnet8():
@@ -202,8 +202,8 @@ def test_bad_config_is_one_line(kw, msg):
 
 
 def test_unsupported_model_is_a_config_error_naming_model():
-    with pytest.raises(ConfigError, match=r"^model=LeNet300: filter pruning supports"):
-        GroupLasso().apply(LeNet300())
+    with pytest.raises(ConfigError, match=r"^model=MobileNetV1: filter pruning needs a model"):
+        GroupLasso().apply(MobileNetV1(in_channels=1, image_size=28))
 
 
 def test_yaml_builds_the_method(make_method):
