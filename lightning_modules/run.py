@@ -79,7 +79,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: CompressionModule) -> 
 
 
 def run(cfg: DictConfig) -> dict:
-    quiet()
+    """The README's one run; returns its record."""
+    quiet()  # Lightning's device lines and advertisements, torch's LeafSpec warning (loggers.py)
     recorder = Recorder(cfg)  # started_at, wall_s
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
