@@ -13,7 +13,7 @@ from .compression.errors import ConfigError  # noqa: F401  (re-exported: the one
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("data", "model", "method", "bits", "precision", "trainer", "optimizer", "scheduler",
-          "logger", "suite")
+          "logger", "callbacks", "suite")
 
 
 def choices(group: str) -> list[str]:
@@ -33,13 +33,15 @@ def normalize_overrides(overrides: list[str]) -> list[str]:
 
 
 def check_overrides(overrides: list[str], multirun: bool = False) -> None:
-    """Group choices (`model=foo`) must name a YAML in conf/<group>/."""
+    """Group choices (`model=foo`, `callbacks=[default,early_stopping]`) must name YAMLs in
+    conf/<group>/."""
     for ov in overrides:
         key, sep, value = ov.partition("=")
         key = key.lstrip("+~")
         if not sep or key not in GROUPS:
             continue
-        values = [v.strip("'\"") for v in (value.split(",") if multirun else [value])]
+        several = multirun or value.startswith("[")  # a sweep, or a list of options merged
+        values = [v.strip(" '\"[]") for v in (value.split(",") if several else [value])]
         for v in values:
             if v not in choices(key):
                 raise ConfigError(f"{key}={v}: unknown {key}; valid: {', '.join(choices(key))}")
@@ -65,9 +67,12 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("data.train_subset", "data.test_subset"):
         if cfg.data.get(key.split(".")[1]) is not None:
             _int_in(cfg, key, 1)
-    gc = cfg.trainer.get("grad_compression")
-    if gc is not None and gc not in ("none", "sketch", "fp16", "powersgd"):
-        raise ConfigError(f"trainer.grad_compression={gc}: valid: none, sketch, fp16, powersgd")
+    gc = cfg.get("grad_compression", "none")
+    if gc not in ("none", "sketch", "fp16", "powersgd"):
+        raise ConfigError(f"grad_compression={gc}: valid: none, sketch, fp16, powersgd")
+    if gc != "none" and not str(cfg.trainer.strategy).startswith("ddp"):
+        raise ConfigError(f"grad_compression={gc}: compresses DDP gradients; needs trainer=ddp or "
+                          f"ddp_multinode (trainer.strategy={cfg.trainer.strategy})")
     if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") in ("cpu", "auto"):
         import torch  # only for this check
         if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():

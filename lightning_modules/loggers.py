@@ -1,4 +1,5 @@
-"""Logger factories that need a decision at run time, and the end of a W&B run.
+"""Logger factories that need a decision at run time, the end of a W&B run, and `quiet()`: what
+Lightning and torch print that is not the run's story.
 
 A W&B run (logger=wandb) holds: the flat config (`model.name`, `bits.w`, ...), the per-step
 metrics (Lightning), the final record as its summary and the exported model file as an artifact
@@ -8,9 +9,31 @@ The API key is read by wandb itself from the environment; the harness never logs
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
+
+# Lightning's rank_zero_info lines that say nothing about this run: the device inventory
+# (trainer/setup.py: "GPU available: False, used: False", "TPU available: ..."; older versions
+# "HPU available"), the litlogger and litmodels advertisements (trainer/connectors/
+# logger_connector.py, callback_connector.py) and Trainer.estimated_stepping_batches' notice.
+CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:",
+           "Loading `train_dataloader` to estimate number of stepping batches")
+
+
+def _not_chatter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(CHATTER)
+
+
+def quiet() -> None:
+    """Drop exactly those lines and torch's deprecation of `LeafSpec`, which Lightning's
+    utilities/_pytree.py still uses (a FutureWarning on every fit); everything else still shows."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_not_chatter)  # where rank_zero_info logs
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
 
 
 def offline() -> bool:

@@ -1,16 +1,12 @@
-"""One run, in a visible order: data, model, method, module, trainer, fit, test, export, record.
+"""One run, in a visible order: data, model, method, trainer, fit, test, export, record.
 
 `run(cfg)` is what train.py calls; it returns the record (also written to
-`<run_dir>/record.json`). Bad input raises ConfigError/DataError before anything is written.
+`<run_dir>/record.json` by lightning_modules/recorder.py). Bad input raises ConfigError/DataError
+before anything is written.
 """
 from __future__ import annotations
 
-import copy
 import logging
-import math
-import shutil
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -18,20 +14,16 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from .callbacks.grad_compression import GradCompression
-from .callbacks.throughput import ThroughputMeter
-from .compression.cost import cost, uniform_bits
-from .compression.prune import nonzero_params
 from .config_check import ConfigError, check_config
 from .earlier_runs import resolve_references
-from .loggers import finish
+from .loggers import quiet
 from .module import CompressionModule
-from .precision import loss_scale, precision_plugin
-from .record import RECORD_KEYS, config_hash, git_sha, hardware, write_json_atomic
+from .precision import precision_plugin
+from .recorder import Recorder
 
 log = logging.getLogger("harness")
-
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -59,6 +51,8 @@ def build_method(cfg: DictConfig, shape: tuple[int, int, int] | None = None):
 
 
 def build_module(cfg: DictConfig, dm) -> CompressionModule:
+    """The one LightningModule: the net, the method applied to it (its hooks come with it as the
+    MethodHooks callback, module.configure_callbacks), optimizer and scheduler factories."""
     sched = cfg.scheduler
     shape = (dm.in_channels, dm.image_size, dm.num_classes)
     return CompressionModule(
@@ -68,25 +62,28 @@ def build_module(cfg: DictConfig, dm) -> CompressionModule:
         scheduler_interval=sched.interval)
 
 
-def count_flops(net: torch.nn.Module, dm) -> int:
-    """Forward FLOPs of one sample at the run's input size (torch.utils.flop_counter; a
-    multiply-add counts 2), counted on a CPU copy so the trained net is untouched."""
-    from torch.utils.flop_counter import FlopCounterMode
-    net = copy.deepcopy(net).cpu().float().eval()
-    x = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x)
-    return int(counter.get_total_flops())
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size
+def build_trainer(cfg: DictConfig, run_dir: Path, module: CompressionModule) -> pl.Trainer:
+    """Lightning's Trainer: conf/trainer/ keys, the precision plugin, the logger, the callbacks of
+    conf/callbacks/ (the harness's own in default.yaml, and any a user adds)."""
+    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
+    accelerator = kw.get("accelerator", "cpu")
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    logger = instantiate(cfg.logger)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]  # + MethodHooks, from the module
+    # the harness saves last.ckpt itself; Lightning's checkpointing only for a user's ModelCheckpoint
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return pl.Trainer(**kw, plugins=[precision_plugin(cfg.precision.name, accelerator)], logger=logger,
+                      callbacks=callbacks, enable_checkpointing=checkpointing, default_root_dir=str(run_dir))
 
 
 def run(cfg: DictConfig) -> dict:
-    started, t_start = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    """The README's one run; returns its record."""
+    quiet()  # Lightning's device lines and advertisements, torch's LeafSpec warning (loggers.py)
+    recorder = Recorder(cfg)  # started_at, wall_s
     check_config(cfg)
-    run_dir = Path(cfg.run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     log.info("data      %s (root=%s)", cfg.data._target_, cfg.data.root)
@@ -97,102 +94,21 @@ def run(cfg: DictConfig) -> dict:
     log.info("model     %s -> method %s, bits W%sA%sG%s", cfg.model.name, cfg.method.name,
              cfg.bits.w, cfg.bits.a, cfg.bits.g)
     module = build_module(cfg, dm)
-    params = sum(p.numel() for p in module.net.parameters())
 
     log.info("precision %s", cfg.precision.name)
-    trainer_kw = OmegaConf.to_container(cfg.trainer, resolve=True)
-    accelerator = trainer_kw.get("accelerator", "cpu")
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    plugin = precision_plugin(cfg.precision.name, accelerator)
-    meter = ThroughputMeter(cfg.measure.warmup_steps)
-    # DDP gradient compression (trainer=ddp*): a comm hook that also counts the bytes sent
-    comm = [GradCompression(trainer_kw.pop("grad_compression"))] if "grad_compression" in trainer_kw else []
-
-    log.info("run dir   %s", run_dir)
-    # the highest folder this run creates: removed again if the config turns out to be bad
-    created = next((d for d in reversed([run_dir, *run_dir.parents]) if not d.exists()), None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger = instantiate(cfg.logger)
-    if hasattr(logger, "log_hyperparams"):
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(**trainer_kw, plugins=[plugin], logger=logger, callbacks=[meter, *comm],
-                         enable_checkpointing=False, default_root_dir=str(run_dir))
-    record = {"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
-              "model": cfg.model.name, "method": cfg.method.name,
-              "method_label": cfg.method.get("label"),
-              "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")},
-              "precision": cfg.precision.name, "dataset": dm.name,
-              "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),
-              "seed": int(cfg.seed), "status": "running", "params": params, "started_at": started,
-              "git_sha": git_sha(), "hardware": hardware(), "torch_version": torch.__version__}
-    try:
+    log.info("run dir   %s", cfg.run_dir)
+    trainer = build_trainer(cfg, recorder.make_dir(), module)
+    with recorder.guard(trainer, dm, module):
         log.info("fit       %s epochs", cfg.trainer.max_epochs)
         trainer.fit(module, datamodule=dm)
-        diverged = module.diverged
         # the trained structure made physical (filter pruning drops masked channels) on every rank
         module.net = module.method.finalize(module.net)
-        if not diverged:
+        if not module.diverged:
             log.info("test      official test set")
             trainer.test(module, datamodule=dm, verbose=False)
-        ckpt = run_dir / "last.ckpt"
         # the full checkpoint (optimizer state included), what the documents measured; collective
-        trainer.save_checkpoint(ckpt, weights_only=False)
-        metrics = trainer.callback_metrics
-        model_file = run_dir / "model.pt"
+        trainer.save_checkpoint(recorder.checkpoint_file, weights_only=False)
         if trainer.is_global_zero:
-            module.method.export(module.net, model_file)
-        record.update(meter.summary(trainer.world_size))
-        for c in comm:
-            record.update(c.summary())
-        record.update({
-            "status": "diverged" if diverged else "ok",
-            "top1": None if diverged else float(metrics["test/top1"]),
-            "top5": None if diverged else float(metrics["test/top5"]),
-            "test_samples": None if diverged else int(module.test_samples),
-            "footprint_bytes": _size(model_file) if trainer.is_global_zero else None,
-            "checkpoint_bytes": _size(ckpt) if trainer.is_global_zero else None,
-            "model_file": str(model_file), "checkpoint_file": str(ckpt),
-            "params": sum(p.numel() for p in module.net.parameters()),
-            "nonzero_params": nonzero_params(module.net),
-            "flops": count_flops(module.net, dm),
-            "layers": module.method.report(module.net),
-            "compute_dtype": module.compute_dtype, "loss_scale": loss_scale(plugin),
-            "world_size": trainer.world_size,
-        })
-        # BOPs of the layers with quantized weights and inputs, FLOPs + BOPs/64 (compression/cost.py)
-        costs = cost(module.net, (dm.in_channels, dm.image_size, dm.image_size),
-                     uniform_bits(module.net, getattr(module.method, "bits", None)), record["flops"])
-        record.update(bops=costs["bops"], flops_effective=costs["flops_effective"])
-    except ConfigError:
-        # a config the method rejects once training starts (e.g. a schedule longer than the run):
-        # bad input, so nothing is left behind
-        if created is not None and trainer.is_global_zero:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    except BaseException as e:
-        record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
-        if trainer.is_global_zero:
-            record["wall_s"] = time.perf_counter() - t_start
-            # the record and nothing else: no half-written model file or checkpoint left beside it
-            for p in run_dir.iterdir():
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            write_json_atomic(run_dir / "record.json", _ordered(record))
-            finish(trainer.loggers, _ordered(record), exit_code=1)
-        raise
-    record["wall_s"] = time.perf_counter() - t_start
-    record = _ordered(record)
-    if trainer.is_global_zero:
-        write_json_atomic(run_dir / "record.json", record)
-        finish(trainer.loggers, record)
-        log.info("record    %s (top1=%s, train %.1f it/s, test %.1f it/s, footprint %s B)",
-                 run_dir / "record.json", record["top1"], record["train_it_s"] or math.nan,
-                 record["test_it_s"] or math.nan, record["footprint_bytes"])
-    return record
-
-
-def _ordered(record: dict) -> dict:
-    """The contract's keys first, in the documented order; extras after."""
-    out = {k: record.get(k) for k in RECORD_KEYS}
-    out.update({k: v for k, v in record.items() if k not in out})
-    return out
+            module.method.export(module.net, recorder.model_file)
+        recorder.measure(trainer, module, dm)  # accuracy, sizes, throughput, FLOPs/BOPs
+    return recorder.write(trainer)

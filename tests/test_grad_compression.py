@@ -81,11 +81,26 @@ def test_two_processes_sketch_sends_4x_fewer_bytes_within_1_point(tmp_path, fmni
     print({m: (round(v["acc"], 4), v["comm_bytes_per_step"]) for m, v in r0.items()})
 
 
-def test_unknown_grad_compression_is_one_clear_line():
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer=ddp", "grad_compression=zip"], r"^grad_compression=zip: valid: none, sketch, fp16, powersgd$"),
+    (["grad_compression=sketch"], r"^grad_compression=sketch: compresses DDP gradients; needs trainer=ddp "
+                                  r"or ddp_multinode \(trainer.strategy=auto\)$")])
+def test_bad_grad_compression_is_one_clear_line(overrides, message):
     from hydra import compose, initialize_config_dir
     from lightning_modules.config_check import ConfigError, check_config
     from tests.conftest import REPO
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["trainer=ddp", "trainer.grad_compression=zip"])
-    with pytest.raises(ConfigError, match=r"^trainer.grad_compression=zip: valid: none, sketch, fp16, powersgd$"):
+        cfg = compose("config", overrides=overrides)
+    with pytest.raises(ConfigError, match=message):
         check_config(cfg)
+
+
+def test_the_callback_records_nothing_without_ddp_and_the_hooks_bytes_with_it():
+    from types import SimpleNamespace
+    from lightning_modules.callbacks.grad_compression import GradCompression
+    cb = GradCompression("sketch")
+    cb.on_fit_start(SimpleNamespace(strategy=SimpleNamespace(model=LeNet300())), None)
+    assert cb.state is None and cb.fields(None) == {}  # one process: nothing on the wire
+    cb.state, _ = make_hook("sketch")
+    assert cb.fields(None) == {"grad_compression": "sketch", "comm_steps": 0,
+                               "comm_bytes_per_step": None, "comm_fp32_bytes_per_step": None}

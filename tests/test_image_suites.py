@@ -76,7 +76,7 @@ def test_imagenet_suite_row_runs_on_an_imagefolder(tmp_path):
     run = next(r for r, _ in runs if "method=dorefa" in r)  # XNOR/DoReFa: quantized layers on 224x224
     p = train(normalize_overrides([*suite.common, *_swap(run), f"data.root={tmp_path / 'inet'}",
                                    "suite=seed_table_imagenet", *CPU, "trainer.devices=1", "trainer.sync_batchnorm=false",
-                                   "trainer.grad_compression=sketch",
+                                   "grad_compression=sketch",
                                    "data.batch_size=4", "data.eval_batch_size=3"]), tmp_path / "res")
     assert p.returncode == 0, p.stderr[-3000:]
     rec = only_record(tmp_path / "res")

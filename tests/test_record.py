@@ -63,3 +63,42 @@ def test_config_hash_is_about_the_experiment():
         assert base == config_hash(compose("config", overrides=["results_dir=/elsewhere", "logger=wandb"]))
         assert base != config_hash(compose("config", overrides=["optimizer.lr=0.1"]))
         assert base != config_hash(compose("config", overrides=["precision=bf16-mixed"]))
+
+
+def _recorder(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from lightning_modules.recorder import Recorder
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["model=lenet300", f"results_dir={tmp_path / 'results'}"])
+    rec = Recorder(cfg)
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[])
+    parts = (trainer, SimpleNamespace(name="fashion_mnist"), SimpleNamespace(net=torch.nn.Linear(3, 2)))
+    return rec, parts
+
+
+def test_a_failed_run_leaves_its_record_and_nothing_else(tmp_path):
+    rec, parts = _recorder(tmp_path)
+    run_dir = rec.make_dir()
+    with pytest.raises(RuntimeError):
+        with rec.guard(*parts):
+            (run_dir / "model.pt").write_bytes(b"half")
+            (run_dir / "checkpoints").mkdir()
+            raise RuntimeError("out of memory\nsecond line")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["record.json"]
+    r = read_record(run_dir / "record.json")
+    assert r["status"] == "failed" and r["error"] == "RuntimeError: out of memory"
+    assert r["params"] == 8 and r["run_name"] == "lenet300-fp32-W32A32G32-32-s0" and r["wall_s"] > 0
+
+
+def test_a_config_error_once_training_starts_leaves_no_trace(tmp_path):
+    from lightning_modules.config_check import ConfigError
+    rec, parts = _recorder(tmp_path)
+    (tmp_path / "results").mkdir()  # exists before the run: kept; what the run created: removed
+    rec.make_dir()
+    with pytest.raises(ConfigError):
+        with rec.guard(*parts):
+            raise ConfigError("method.prune.end=1: must be < trainer.max_epochs=1")
+    assert list((tmp_path / "results").iterdir()) == []

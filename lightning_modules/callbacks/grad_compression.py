@@ -1,19 +1,20 @@
-"""`trainer.grad_compression=sketch|fp16|powersgd|none`: a DDP communication hook registered on
-the wrapped model when fitting starts (Lightning's own `ddp_comm_hook` argument is applied on CUDA
-only; this works on gloo/CPU too). The hook counts the bytes each rank sends; `summary()` gives
-the record's `comm_bytes_per_step` (and what the fp32 all-reduce would have sent)."""
+"""`grad_compression=sketch|fp16|powersgd|none` (with trainer=ddp*): a DDP communication hook
+registered on the wrapped model when fitting starts (Lightning's own `ddp_comm_hook` argument is
+applied on CUDA only; this works on gloo/CPU too). The hook counts the bytes each rank sends; the
+record gets `grad_compression`, `comm_bytes_per_step` (and what the fp32 all-reduce would have
+sent). A run without DDP communicates nothing and records nothing here."""
 from __future__ import annotations
 
-import pytorch_lightning as pl
 from torch.nn.parallel import DistributedDataParallel
 
 from ..compression.sketch import METHODS, make_hook
+from .record_fields import RecordFields
 
 
-class GradCompression(pl.Callback):
+class GradCompression(RecordFields):
     def __init__(self, method: str = "none", bits: int = 4):
         if method not in METHODS:
-            raise ValueError(f"trainer.grad_compression={method}: valid: {', '.join(METHODS)}")
+            raise ValueError(f"grad_compression={method}: valid: {', '.join(METHODS)}")
         self.method, self.bits = method, bits
         self.state = None
 
@@ -25,6 +26,7 @@ class GradCompression(pl.Callback):
         model.register_comm_hook(self.state, hook)
 
     def summary(self) -> dict:
-        if self.state is None:
-            return {"grad_compression": self.method, "comm_bytes_per_step": None}
-        return self.state.summary()
+        return {} if self.state is None else self.state.summary()
+
+    def fields(self, trainer) -> dict:
+        return self.summary()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 
+from .record_fields import RecordFields
+
 
 @dataclass
 class _Clock:
@@ -52,7 +54,7 @@ class _Clock:
         return {"it_s": b / s, "samples_s": n * world_size / s, "batches": b, "steady": steady}
 
 
-class ThroughputMeter(pl.Callback):
+class ThroughputMeter(RecordFields):
     def __init__(self, warmup_steps: int = 5):
         self.warmup_steps = warmup_steps
         self.train = _Clock(warmup_steps)
@@ -86,3 +88,6 @@ class ThroughputMeter(pl.Callback):
         return {"train_it_s": tr["it_s"], "train_samples_s": tr["samples_s"],
                 "test_it_s": te["it_s"], "test_samples_s": te["samples_s"],
                 "throughput_steady": tr["steady"] and te["steady"]}
+
+    def fields(self, trainer: pl.Trainer) -> dict:
+        return self.summary(trainer.world_size)

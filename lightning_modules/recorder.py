@@ -1,0 +1,137 @@
+"""One run's record.json from start to end: what ran (the header), what it measured (after fit,
+test and export: accuracy, sizes, throughput, FLOPs/BOPs), where it went wrong (a failure).
+
+`Recorder` is what run() holds: `make_dir()` creates the run directory, `guard(trainer, dm, module)`
+wraps fit..export (a run that fails leaves its record, status failed and the error's first line,
+and nothing else in its folder; a config the method rejects once training starts leaves nothing),
+`measure(...)` fills in the results, `write(trainer)` writes the record (rank 0) and returns it.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from .callbacks.record_fields import RecordFields
+from .compression.cost import cost
+from .compression.prune import nonzero_params
+from .config_check import ConfigError
+from .loggers import finish
+from .precision import loss_scale
+from .record import RECORD_KEYS, config_hash, git_sha, hardware, write_json_atomic
+
+log = logging.getLogger("harness")
+
+
+def header(cfg: DictConfig, dm, module: pl.LightningModule) -> dict:
+    """What ran: the record's keys known before training (params of the net as built)."""
+    return {"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
+            "model": cfg.model.name, "method": cfg.method.name,
+            "method_label": cfg.method.get("label"),
+            "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")},
+            "precision": cfg.precision.name, "dataset": dm.name,
+            "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),
+            "seed": int(cfg.seed), "status": "running",
+            "params": sum(p.numel() for p in module.net.parameters()),
+            "git_sha": git_sha(), "hardware": hardware(), "torch_version": torch.__version__}
+
+
+def count_flops(net: torch.nn.Module, dm) -> int:
+    """Forward FLOPs of one sample at the run's input size (torch.utils.flop_counter; a
+    multiply-add counts 2), counted on a CPU copy so the trained net is untouched."""
+    from torch.utils.flop_counter import FlopCounterMode
+    net = copy.deepcopy(net).cpu().float().eval()
+    x = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    return int(counter.get_total_flops())
+
+
+def ordered(record: dict) -> dict:
+    """The contract's keys first, in the documented order; extras after."""
+    out = {k: record.get(k) for k in RECORD_KEYS}
+    out.update({k: v for k, v in record.items() if k not in out})
+    return out
+
+
+class Recorder:
+    def __init__(self, cfg: DictConfig):
+        self.cfg, self.dir = cfg, Path(cfg.run_dir)
+        self.model_file, self.checkpoint_file = self.dir / "model.pt", self.dir / "last.ckpt"
+        self.record = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.t_start = time.perf_counter()
+        self.created: Path | None = None
+
+    def make_dir(self) -> Path:
+        # the highest folder this run creates: removed again if the config turns out to be bad
+        self.created = next((d for d in reversed([self.dir, *self.dir.parents]) if not d.exists()), None)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir
+
+    @contextmanager
+    def guard(self, trainer: pl.Trainer, dm, module: pl.LightningModule):
+        self.record = {**header(self.cfg, dm, module), **self.record}
+        try:
+            yield self
+        except ConfigError:
+            # a config the method rejects once training starts (e.g. a schedule longer than the
+            # run): bad input, so nothing is left behind
+            if self.created is not None and trainer.is_global_zero:
+                shutil.rmtree(self.created, ignore_errors=True)
+            raise
+        except BaseException as e:
+            self.record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+            if trainer.is_global_zero:
+                self.record["wall_s"] = time.perf_counter() - self.t_start
+                # the record and nothing else: no half-written model file or checkpoint beside it
+                for p in self.dir.iterdir():
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                write_json_atomic(self.dir / "record.json", ordered(self.record))
+                finish(trainer.loggers, ordered(self.record), exit_code=1)
+            raise
+
+    def measure(self, trainer: pl.Trainer, module: pl.LightningModule, dm) -> None:
+        """The results, after fit, test, checkpoint and export."""
+        diverged, metrics, zero = module.diverged, trainer.callback_metrics, trainer.is_global_zero
+        for cb in trainer.callbacks:  # the throughput meter, gradient compression (conf/callbacks/)
+            if isinstance(cb, RecordFields):
+                self.record.update(cb.fields(trainer))
+        self.record.update({
+            "status": "diverged" if diverged else "ok",
+            "top1": None if diverged else float(metrics["test/top1"]),
+            "top5": None if diverged else float(metrics["test/top5"]),
+            "test_samples": None if diverged else int(module.test_samples),
+            "footprint_bytes": self.model_file.stat().st_size if zero else None,
+            "checkpoint_bytes": self.checkpoint_file.stat().st_size if zero else None,
+            "model_file": str(self.model_file), "checkpoint_file": str(self.checkpoint_file),
+            "params": sum(p.numel() for p in module.net.parameters()),
+            "nonzero_params": nonzero_params(module.net),
+            "flops": count_flops(module.net, dm),
+            "report": module.method.report(module.net),  # the method's per-layer rows (Deep Compression)
+            "compute_dtype": module.compute_dtype, "loss_scale": loss_scale(trainer.precision_plugin),
+            "world_size": trainer.world_size,
+        })
+        # per layer (name, type, bits, params, MACs, BOPs) at the bits the method declares for it;
+        # BOPs of the layers with quantized weights and inputs, FLOPs + BOPs/64 (compression/cost.py)
+        self.record.update(cost(module.net, (dm.in_channels, dm.image_size, dm.image_size),
+                                module.method.layer_bits(module.net), self.record["flops"]))
+
+    def write(self, trainer: pl.Trainer) -> dict:
+        self.record["wall_s"] = time.perf_counter() - self.t_start
+        record = ordered(self.record)
+        if trainer.is_global_zero:
+            write_json_atomic(self.dir / "record.json", record)
+            finish(trainer.loggers, record)
+            log.info("record    %s (top1=%s, train %.1f it/s, test %.1f it/s, footprint %s B)",
+                     self.dir / "record.json", record["top1"], record.get("train_it_s") or math.nan,
+                     record.get("test_it_s") or math.nan, record["footprint_bytes"])
+        return record
