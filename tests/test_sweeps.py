@@ -58,9 +58,9 @@ def test_failing_run_does_not_stop_the_sweep_and_rerun_redoes_only_it(tmp_path):
     # the sweep's records make the report's W x A heat map; failed rows are marked, not results
     page = report.build(tmp_path).read_text()
     assert (tmp_path / "report" / "adhoc_heatmap.png").stat().st_size > 5000
-    df, shown = report.suite_table(report.load_records(tmp_path)["adhoc"], {})
-    assert sorted(shown.status) == ["failed: ValueError: Invalid weight_decay value: -1"] * 4 + ["ok"] * 4
-    assert set(shown[shown.status.str.startswith("failed")]["Precision@1"]) == {"failed"}
+    t, notes = report.suite_table(report.load_records(tmp_path)["adhoc"], {})
+    assert sorted(notes.status) == ["failed: ValueError: Invalid weight_decay value: -1"] * 4 + ["ok"] * 4
+    assert set(t.main[notes.status.str.startswith("failed")]["Precision@1"]) == {"failed"}
     assert "adhoc_heatmap.png" in page
 
 
