@@ -1,19 +1,20 @@
 """The HTML report: `python -m benchmarks.report [--results-dir results] [--out DIR]` (`make report`).
 
 One page, `<results_dir>/report/index.html`, from every record under `<results_dir>/runs/`, with
-its PNG plots beside it (nothing loaded from elsewhere): per suite its table (as
-benchmarks/tables.py builds it, plus the difference from the paper's number where the paper has
-the row), the published rows, and plots: Precision@1 against footprint (log scale, Pareto front),
-a W x A heat map of P@1 for each method swept over both bitwidths, training and test throughput
-relative to FP32. Hardware and git commit in the header. Every string is HTML-escaped. A record
-being written (not yet valid JSON) is left out, so the report can be built while runs go on.
+its PNG plots beside it (nothing loaded from elsewhere): per suite the tables of
+results/tables/<suite>.html, built by the same function (`tables.suite_tables`) from the suite's
+YAML, so the same columns; then each run's status (the error of a failed run) and the difference
+from the paper's number where the paper has the row; and plots: Precision@1 against footprint
+(log scale, Pareto front), a W x A heat map of P@1 for each method swept over both bitwidths,
+training and test throughput relative to FP32. Hardware and git commit in the header. Every string
+is HTML-escaped. A record being written (not yet valid JSON) is left out, so the report can be
+built while runs go on.
 """
 from __future__ import annotations
 
 import argparse
 import html
 import os
-import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from benchmarks import tables
+from benchmarks import render, tables
+from benchmarks.plots import slug, suite_plots
 from lightning_modules.record import git_sha, hardware_line, read_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +45,9 @@ def load_records(results_dir: Path) -> dict[str, list[dict]]:
 
 
 def suite_config(name: str) -> dict:
+    """conf/suite/<name>.yaml as a dict; a suite without one gets the default (quant) table."""
     path = REPO / "conf" / "suite" / f"{name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {"name": name}
 
 
 def paper_delta(df: pd.DataFrame, table: str | None, csv_path: Path = tables.REFERENCE_CSV) -> list[str]:
@@ -73,91 +76,17 @@ def paper_delta(df: pd.DataFrame, table: str | None, csv_path: Path = tables.REF
     return out
 
 
-def sweeps(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per method, its ok rows when it was swept over at least two W and two A bitwidths."""
-    ok = df[df.status == "ok"]
-    return {str(g.get("method_label", g.method).iloc[0] or m): g for m, g in ok.groupby("method", sort=False)
-            if g.bits_w.nunique() >= 2 and g.bits_a.nunique() >= 2}
-
-
-def plot_heatmap(name: str, df: pd.DataFrame, path: Path) -> Path | None:
-    """A W (rows) x A (columns) heat map of Precision@1 per swept method; None if none was."""
-    swept = sweeps(df)
-    if not swept:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(swept), figsize=(3.6 * len(swept) + 1, 3.8), dpi=110, squeeze=False)
-    for ax, (label, g) in zip(axes[0], swept.items()):
-        t = g.pivot_table(index="bits_w", columns="bits_a", values="top1", aggfunc="last").sort_index()
-        t = t[sorted(t.columns)] * 100
-        im = ax.imshow(t.values, cmap="viridis", aspect="auto", vmin=t.min().min(), vmax=t.max().max())
-        ax.set_xticks(range(len(t.columns)), [f"A{a}" for a in t.columns])
-        ax.set_yticks(range(len(t.index)), [f"W{w}" for w in t.index])
-        mid = (t.min().min() + t.max().max()) / 2
-        for (i, j), v in pd.DataFrame(t.values).stack().items():
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="k" if v > mid else "w")
-        ax.set_title(label, fontsize=9)
-        fig.colorbar(im, ax=ax, label="Precision@1 (%)")
-    fig.suptitle(f"{name}: Precision@1 (%), W bits (rows) x A bits (columns)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_throughput(name: str, df: pd.DataFrame, path: Path) -> Path | None:
-    """Training and test throughput relative to the same model's FP32 row, one bar pair per run."""
-    ok = df[(df.status == "ok") & (df.train_it_s_vs_fp32.notna() | df.test_it_s_vs_fp32.notna())]
-    if ok.empty:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{lab} · {m}" for lab, m in zip(ok.label, ok.model)]
-    y = range(len(ok))
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(ok) + 1.4), dpi=110)
-    ax.barh([i - 0.2 for i in y], ok.train_it_s_vs_fp32.fillna(0), height=0.4, label="training")
-    ax.barh([i + 0.2 for i in y], ok.test_it_s_vs_fp32.fillna(0), height=0.4, label="test")
-    ax.axvline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_yticks(list(y), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("throughput relative to the model's FP32 run (×)")
-    ax.set_title(f"{name}: throughput relative to FP32", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def slug(name: str) -> str:
-    """A suite name as a file name and HTML id: letters, digits, `_`, `-`, `.`."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
-
-
-def suite_plots(name: str, df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
-    """The suite's plots as PNGs in out_dir: {title: path}, only those with something to show."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / slug(name)
-    plots = {"Precision@1 against footprint": tables.plot_footprint(name, df, Path(f"{base}_footprint.png")),
-             "Precision@1, W x A": plot_heatmap(name, df, Path(f"{base}_heatmap.png")),
-             "Throughput relative to FP32": plot_throughput(name, df, Path(f"{base}_throughput.png"))}
-    return {k: v for k, v in plots.items() if v is not None}
-
-
-def suite_table(records: list[dict], cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(frame, the shown table with its Δ vs paper and status columns)."""
-    df = tables.frame(records)
-    shown = tables.display_compression(df) if cfg.get("table") == "compression" else tables.display(df)
+def suite_table(records: list[dict], cfg: dict) -> tuple[tables.SuiteTables, pd.DataFrame]:
+    """(the suite's tables, as results/tables/ shows them; per row its status with the error of a
+    failed run and its Δ vs paper)."""
+    t = tables.suite_tables(cfg, records)
+    df = t.frame
     errors = df.get("error", pd.Series(None, index=df.index))
-    shown["status"] = [f"{s}: {e}" if s == "failed" and isinstance(e, str) else s
-                       for s, e in zip(df.status, errors)]
-    shown["Δ vs paper"] = paper_delta(df, cfg.get("reference"))
-    return df, shown
+    notes = pd.DataFrame({
+        t.main.columns[0]: t.main.iloc[:, 0], "model": df.model,
+        "status": [f"{s}: {e}" if s == "failed" and isinstance(e, str) else s for s, e in zip(df.status, errors)],
+        "Δ vs paper": paper_delta(df, cfg.get("reference"))})
+    return t, notes
 
 
 def _e(s) -> str:
@@ -165,26 +94,23 @@ def _e(s) -> str:
 
 
 def section(name: str, records: list[dict], out_dir: Path) -> str:
+    """The suite's section: the tables of results/tables/<suite>.html (render.html_tables), the
+    runs' status and Δ vs paper where there is something to say, and the plots."""
     cfg = suite_config(name)
-    df, shown = suite_table(records, cfg)
+    t, notes = suite_table(records, cfg)
+    df = t.frame
     hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
     shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
     n_ok = int((df.status == "ok").sum())
+    main, *rest = render.html_tables(t, level=3, na_rep="-")
     parts = [f"<section id='suite-{slug(name)}' class='suite'><h2>{_e(name)}</h2>",
              f"<p>{_e(cfg.get('description', ''))}</p>",
              f"<p class='meta'>{len(df)} runs ({n_ok} ok). Hardware: {_e('; '.join(hw) or 'unknown')}. "
-             f"Commit: {_e(', '.join(shas) or 'unknown')}.</p>",
-             shown.to_html(index=False, border=0, classes="results", na_rep="-")]
-    if cfg.get("pivot"):
-        for label, t in tables.pivot_tables(df, **cfg["pivot"]).items():
-            parts += [f"<h3>{_e(label)}: Precision@1, W (rows) x A (columns)</h3>",
-                      t.to_html(border=0, classes="pivot")]
-    if cfg.get("reference"):
-        read = tables.reference_compression if cfg.get("table") == "compression" else tables.reference
-        ref = read(cfg["reference"])
-        if not ref.empty:
-            parts += [f"<h3>Published reference ({_e(cfg['reference'])})</h3>",
-                      ref.to_html(index=False, border=0, classes="reference", na_rep="-")]
+             f"Commit: {_e(', '.join(shas) or 'unknown')}.</p>", main]
+    if (notes.status != "ok").any() or (notes["Δ vs paper"] != "-").any():
+        parts += ["<h3>Runs: status and Δ vs paper</h3>",
+                  notes.to_html(index=False, border=0, classes="notes", na_rep="-")]
+    parts += rest
     for title, png in suite_plots(name, df, out_dir).items():
         parts.append(f"<figure><img src='{_e(png.name)}' alt='{_e(title)}'>"
                      f"<figcaption>{_e(title)}</figcaption></figure>")

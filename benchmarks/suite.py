@@ -19,9 +19,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from benchmarks import tables, wandb_suite
+from benchmarks import render, wandb_suite
 from lightning_modules.config_check import ConfigError, check_overrides, choices, normalize_overrides
 from lightning_modules.record import config_hash, read_record, write_json_atomic
+from lightning_modules.sweep import done
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def expand(run: list[str]) -> list[list[str]]:
 
 
 def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list[dict]]:
-    """The suite's config and, per run, its overrides, config_hash and record path."""
+    """The suite's config and, per run, its overrides, composed config, config_hash and record path."""
     if name not in choices("suite"):
         raise ConfigError(f"SUITE={name}: unknown suite; valid: {', '.join(choices('suite'))}")
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -50,16 +51,9 @@ def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list
                 [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"])
             check_overrides(overrides)
             cfg = compose("config", overrides=overrides)
-            runs.append({"overrides": overrides, "config_hash": config_hash(cfg),
+            runs.append({"overrides": overrides, "config_hash": config_hash(cfg), "cfg": cfg,
                          "record": Path(cfg.run_dir) / "record.json", "run_name": cfg.run_name})
     return OmegaConf.to_container(suite, resolve=True), runs
-
-
-def done(run: dict) -> dict | None:
-    rec = read_record(run["record"])
-    if rec and rec.get("status") == "ok" and rec.get("config_hash") == run["config_hash"]:
-        return rec
-    return None
 
 
 def reuse(run: dict, suite: str) -> dict | None:
@@ -67,9 +61,8 @@ def reuse(run: dict, suite: str) -> dict | None:
     here instead of training again; the record says where it came from (`copied_from`)."""
     dst = run["record"].parent
     for rec_path in sorted(dst.parent.parent.glob(f"*/{run['run_name']}/record.json")):
-        rec = read_record(rec_path)
-        if rec_path.parent == dst or not rec or rec.get("status") != "ok" \
-                or rec.get("config_hash") != run["config_hash"]:
+        rec = done(rec_path, run["config_hash"])
+        if rec_path.parent == dst or rec is None:
             continue
         tmp = dst.with_name(f".{dst.name}.copy")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -98,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"suite {args.suite}: {len(runs)} runs, {sum(done(r) is not None for r in runs)} already done")
+    finished = [done(run["record"], run["config_hash"]) is not None for run in runs]
+    print(f"suite {args.suite}: {len(runs)} runs, {sum(finished)} already done")
     failed, t0 = [], time.perf_counter()
-    for i, run in enumerate(runs, 1):
-        if done(run):
+    for i, (run, skip) in enumerate(zip(runs, finished), 1):
+        if skip:
             print(f"[{i}/{len(runs)}] skip {run['run_name']} (done, config_hash {run['config_hash']})")
             continue
         copied = reuse(run, name)
@@ -118,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"suite {args.suite}: {time.perf_counter() - t0:.0f} s")
     if records:
         out = Path(args.tables_dir) if args.tables_dir else Path(args.results_dir) / "tables"
-        paths = tables.write(args.suite, suite.get("description", ""), records, out,
-                             reference_table=suite.get("reference"), pivot=suite.get("pivot"),
-                             plot=bool(suite.get("plot", False)), kind=suite.get("table", "quant"))
+        paths = render.write(name, suite, records, out)
         print(f"table: {paths['md']} (+ .csv, .html)")
         to_wandb = wandb_suite.wanted(runs[0]["overrides"]) if runs else None
         if to_wandb is not None:

@@ -1,13 +1,20 @@
-"""Records -> the documents' table, as Markdown, CSV and HTML. Pure functions of the records.
+"""Records -> a suite's tables (DataFrames of text cells). Pure functions of the records.
 
-Columns as in the documents: Bitwidth/method | model | Thruput. (Training) | Thruput. (Test) |
-Precision@1 | Precision@5 | Footprint, plus throughput relative to the same model's FP (32) row
-(the only speed figure comparable across machines) and the dtype the forward pass really ran in.
+`suite_tables(suite, records)` is the one entry: the suite's `table:` key picks the run table
+(`quant`: the documents' experiment table; `compression`: the pruning / weight-sharing tables,
+with per-layer tables; `compact`: compact nets and their size chain), `pivot:` adds W x A tables,
+`reference:` the published rows. benchmarks/render.py writes them as results/tables/<suite>.{md,
+csv,html}; the HTML report and the W&B suite run show the same tables.
+
+The quant columns, as in the documents: Bitwidth/method | model | Thruput. (Training) |
+Thruput. (Test) | Precision@1 | Precision@5 | Footprint, plus throughput relative to the same
+model's FP (32) row (the only speed figure comparable across machines) and the dtype the forward
+pass really ran in.
 Published numbers come from benchmarks/reference/paper_numbers.csv and are shown beside ours.
 """
 from __future__ import annotations
 
-import html
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -270,116 +277,36 @@ def pivot_tables(df: pd.DataFrame, rows: str = "bits_w", cols: str = "bits_a",
     return out
 
 
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats: smaller x (footprint) and higher y (P@1)."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], float("-inf")
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+# a suite's `table:` -> (its run table, its published rows)
+TABLE_TYPES = {"quant": (display, reference), "compression": (display_compression, reference_compression),
+               "compact": (display_compact, reference)}
 
 
-def legend_name(label, method: str) -> str:
-    """A run's method label for a legend; the method name when the record has none (None, NaN
-    in a frame, or empty)."""
-    return method if label is None or label == "" or (isinstance(label, float) and pd.isna(label)) else str(label)
+@dataclass
+class SuiteTables:
+    """A suite's tables, as every output shows them: results/tables/<suite>.{md,csv,html}, the
+    HTML report and the W&B suite run."""
+    frame: pd.DataFrame                        # one row per record, numbers kept (the CSV)
+    main: pd.DataFrame                         # the run table of the suite's `table:` type
+    pivots: dict[str, pd.DataFrame] = field(default_factory=dict)  # `pivot:`, per method
+    layers: dict[str, pd.DataFrame] = field(default_factory=dict)  # per layer (table: compression)
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # `reference:`, published rows
+    pivot: dict = field(default_factory=dict)  # the `pivot:` spec (rows, cols, value)
+    reference_table: str | None = None         # the `reference:` name in paper_numbers.csv
 
 
-def plot_footprint(name: str, df: pd.DataFrame, path: Path, x: str = "footprint_bytes",
-                   y: str = "top1") -> Path | None:
-    """Precision@1 against footprint (log scale), one marker per method, the Pareto front as a line
-    and each point labelled with its bits; None when no run finished."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = df[(df.status == "ok") & df[x].notna() & df[y].notna()].reset_index(drop=True)
-    if ok.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    markers = "osD^vP*Xh<>"
-    for i, (method, g) in enumerate(ok.groupby("method", sort=False)):
-        shown = legend_name(g.get("method_label", g.method).iloc[0], method)
-        ax.scatter(g[x] / 1024, 100 * g[y], marker=markers[i % len(markers)], label=shown, s=36)
-        for _, r in g.iterrows():
-            ax.annotate(f"{r.bits_w},{r.bits_a}", (r[x] / 1024, 100 * r[y]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-    front = ok.iloc[pareto(list(zip(ok[x], ok[y])))]
-    ax.step(front[x] / 1024, 100 * front[y], where="post", color="k", lw=0.8, ls="--",
-            label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("footprint (KB, exported file, log scale)")
-    ax.set_ylabel("Precision@1 (%)")
-    ax.set_title(f"{name}: Precision@1 against footprint")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")  # away from the points
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _header(name: str, description: str, df: pd.DataFrame) -> list[str]:
-    hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
-    shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
-    return [f"Suite `{name}`: {description}",
-            f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(shas) or 'unknown'}.",
-            "Throughput is measured over steady-state steps (warm-up excluded, data loading "
-            "included) at the run's batch size; Footprint is the exported weights file, "
-            "ckpt the Lightning checkpoint."]
-
-
-def write(name: str, description: str, records: list[dict], out_dir: Path,
-          reference_table: str | None = None, pivot: dict | None = None,
-          plot: bool = False, kind: str = "quant") -> dict[str, Path]:
-    """Write <out_dir>/<name>.md, .csv and .html (and <name>_footprint.png with `plot`); return
-    their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
+    """THE function from a suite's config (conf/suite/<name>.yaml as a dict: its `table:` type,
+    quant, compression or compact; `pivot:`; `reference:`) and its records to its tables."""
+    name, kind = suite.get("name"), suite.get("table") or "quant"
+    if kind not in TABLE_TYPES:
+        raise ValueError(f"suite {name}: table={kind!r}; valid: {', '.join(TABLE_TYPES)}")
     df = frame(records)
     if df.empty:
         raise ValueError(f"suite {name}: no records to tabulate")
-    if kind not in ("quant", "compression", "compact"):
-        raise ValueError(f"suite {name}: table={kind!r}; valid: quant, compression, compact")
-    compression = kind == "compression"
-    shown = {"compression": display_compression, "compact": display_compact}.get(kind, display)(df)
-    read_ref = reference_compression if compression else reference
-    ref = read_ref(reference_table) if reference_table else pd.DataFrame()
-    head = _header(name, description, df)
-    md = [f"# {name}", "", *[h + "  " for h in head], "", shown.to_markdown(index=False), ""]
-    pivots = pivot_tables(df, **pivot) if pivot else {}
-    for label_, t in pivots.items():
-        md += [f"{label_}: {pivot.get('value', 'top1')} by {pivot.get('rows', 'bits_w')} (rows) and "
-               f"{pivot.get('cols', 'bits_a')} (columns)", "", t.to_markdown(), ""]
-    per_layer = layer_table(records) if compression else {}
-    for label_, t in per_layer.items():
-        md += [f"Per layer, {label_} (Deep Compression Tables 2/3):", "", t.to_markdown(index=False), ""]
-    if not ref.empty:
-        md += [f"Published reference (`{reference_table}` in benchmarks/reference/paper_numbers.csv):", "",
-               ref.to_markdown(index=False), ""]
-    paths = {"md": out_dir / f"{name}.md", "csv": out_dir / f"{name}.csv", "html": out_dir / f"{name}.html"}
-    png = plot_footprint(name, df, out_dir / f"{name}_footprint.png") if plot else None
-    if png:
-        paths["png"] = png
-        md += [f"![Precision@1 against footprint]({png.name})", ""]
-    paths["md"].write_text("\n".join(md))
-    df.to_csv(paths["csv"], index=False)
-    body = [f"<h1>{html.escape(name)}</h1>", *[f"<p>{html.escape(h)}</p>" for h in head],
-            shown.to_html(index=False, border=0, classes="results")]
-    for label_, t in pivots.items():
-        body += [f"<h2>{html.escape(label_)}</h2>", t.to_html(border=0, classes="pivot")]
-    for label_, t in per_layer.items():
-        body += [f"<h2>Per layer, {html.escape(label_)}</h2>", t.to_html(index=False, border=0)]
-    if not ref.empty:
-        body += [f"<h2>Published reference ({html.escape(reference_table)})</h2>",
-                 ref.to_html(index=False, border=0, classes="reference")]
-    if png:
-        body += [f"<h2>Precision@1 against footprint</h2><img src='{html.escape(png.name)}' "
-                 "alt='Precision@1 against footprint'>"]
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}")
-    paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}"
-                             f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-    return paths
+    shown, read_reference = TABLE_TYPES[kind]
+    pivot, ref_table = suite.get("pivot") or {}, suite.get("reference")
+    return SuiteTables(frame=df, main=shown(df), pivots=pivot_tables(df, **pivot) if pivot else {},
+                       layers=layer_table(records) if kind == "compression" else {},
+                       reference=read_reference(ref_table) if ref_table else pd.DataFrame(),
+                       pivot=pivot, reference_table=ref_table)

@@ -1,6 +1,7 @@
 """After a suite run with logger=wandb: one more W&B run in the suite's project holding its
-comparison table (a wandb.Table, the same rows and columns as results/tables/<suite>.md and the
-report) and its plots (images), so the project's default workspace shows the README's comparison.
+comparison table (a wandb.Table: the rows and columns of results/tables/<suite>.md and the
+report, built by the same `tables.suite_tables`, plus each run's status and Δ vs paper) and its
+plots (images), so the project's default workspace shows the README's comparison.
 
 Offline unless WANDB_API_KEY is set, like the runs (lightning_modules/loggers.py): it lands in
 `<results_dir>/wandb/offline-run-*` beside them and `make wandb-sync` uploads it.
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import report, tables
+import pandas as pd
+
+from benchmarks import report
+from benchmarks.plots import slug, suite_plots
 from lightning_modules.loggers import offline, stage_in
 
 
@@ -26,20 +30,21 @@ def log_suite(name: str, cfg: dict, records: list[dict], results_dir: Path, proj
     """Log the suite's table, pivot tables and plots as the run `<name>-table`; return its dir."""
     import wandb
 
-    df, shown = report.suite_table(records, cfg)
-    plots = report.suite_plots(name, df, Path(results_dir) / "report")
+    t, notes = report.suite_table(records, cfg)
+    df = t.frame
+    plots = suite_plots(name, df, Path(results_dir) / "report")
     stage_in(results_dir)
     run = wandb.init(project=project or name, entity=entity, group=name, job_type="table",
                      name=f"{name}-table", tags=["table", f"suite:{name}"], dir=str(results_dir),
                      mode="offline" if offline() else "online",
                      config={"suite": name, "description": cfg.get("description", ""), "runs": len(records),
                              "reference": cfg.get("reference")})
+    shown = pd.concat([t.main, notes[["status", "Δ vs paper"]]], axis=1)
     logged = {"comparison": wandb.Table(dataframe=shown.astype(str))}
-    if cfg.get("pivot"):
-        for label, t in tables.pivot_tables(df, **cfg["pivot"]).items():
-            logged[f"pivot/{label}"] = wandb.Table(dataframe=t.reset_index(names="W").astype(str))
+    for label, p in t.pivots.items():
+        logged[f"pivot/{label}"] = wandb.Table(dataframe=p.reset_index(names="W").astype(str))
     for title, png in plots.items():
-        logged[f"plots/{png.stem.removeprefix(report.slug(name) + '_')}"] = wandb.Image(str(png), caption=title)
+        logged[f"plots/{png.stem.removeprefix(slug(name) + '_')}"] = wandb.Image(str(png), caption=title)
     run.log(logged)
     run.summary.update({"runs": len(records), "ok": int((df.status == "ok").sum())})
     run_dir = str(run.dir)

@@ -32,10 +32,11 @@ def _error_line(e: BaseException) -> str:
     return line[0] if line else type(e).__name__
 
 
-def done(cfg: DictConfig) -> dict | None:
-    """The run's record if it is done: status ok and the same config_hash."""
-    rec = read_record(Path(cfg.run_dir) / "record.json")
-    if rec and rec.get("status") == "ok" and rec.get("config_hash") == config_hash(cfg):
+def done(record_path: Path, cfg_hash: str) -> dict | None:
+    """The record at `record_path` if its run is done: status ok and this config_hash (the one
+    skip-if-done rule, for sweeps and suites alike)."""
+    rec = read_record(record_path)
+    if rec and rec.get("status") == "ok" and rec.get("config_hash") == cfg_hash:
         return rec
     return None
 
@@ -57,7 +58,7 @@ def job(cfg: DictConfig, run) -> dict:
 
     record_path = Path(cfg.run_dir) / "record.json"
     outcome = {"run_name": cfg.run_name, "run_dir": str(cfg.run_dir), "config_hash": config_hash(cfg)}
-    if done(cfg):
+    if done(record_path, outcome["config_hash"]):
         log.info("skip      %s (done, config_hash %s)", cfg.run_name, outcome["config_hash"])
         outcome["status"] = "skipped"
     else:

@@ -234,7 +234,7 @@ def test_sspq_method_quantizes_only_pointwise_convs_and_exports_packed(tmp_path)
 # --- the compact table ---------------------------------------------------------------------------
 
 def test_compact_table_shows_cost_and_the_size_chain(tmp_path):
-    from benchmarks import tables
+    from benchmarks import render, tables
     from tests.test_tables import rec
     chain = [rec("resnet20", "32", 10.0, 1.0, 0.80, params=269_434, flops=61_642_496, bops=0,
                  flops_effective=61_642_496, footprint_bytes=1_111_395),
@@ -249,5 +249,5 @@ def test_compact_table_shows_cost_and_the_size_chain(tmp_path):
     assert list(t.Network) == ["resnet20", "sspq_small", "sspq_small + SSPQ (DoReFa 1x1)"]
     assert list(t["Size ×"]) == ["1.0×", "2.0×", "11.1×"]  # against the first row's file
     assert list(t.BOPs) == ["0", "0", "120.00M"] and t["FLOPs eff."].iloc[2] == "6.05M"
-    md = tables.write("sspq_chain", "chain", chain, tmp_path, kind="compact")["md"].read_text()
+    md = render.write("sspq_chain", {"description": "chain", "table": "compact"}, chain, tmp_path)["md"].read_text()
     assert "| sspq_small + SSPQ (DoReFa 1x1) |" in md

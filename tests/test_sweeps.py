@@ -1,6 +1,7 @@
 """Sweeps (train.py -m) with the local joblib launcher: a failing run does not stop the others,
 it leaves a failed record and the sweep ends non-zero listing it; a rerun skips what is done and
-redoes what failed; records written at once by several processes are never torn or lost."""
+redoes what failed (one skip-if-done rule, `sweep.done`); records written at once by several
+processes are never torn or lost."""
 import json
 import os
 import multiprocessing as mp
@@ -58,9 +59,9 @@ def test_failing_run_does_not_stop_the_sweep_and_rerun_redoes_only_it(tmp_path):
     # the sweep's records make the report's W x A heat map; failed rows are marked, not results
     page = report.build(tmp_path).read_text()
     assert (tmp_path / "report" / "adhoc_heatmap.png").stat().st_size > 5000
-    df, shown = report.suite_table(report.load_records(tmp_path)["adhoc"], {})
-    assert sorted(shown.status) == ["failed: ValueError: Invalid weight_decay value: -1"] * 4 + ["ok"] * 4
-    assert set(shown[shown.status.str.startswith("failed")]["Precision@1"]) == {"failed"}
+    t, notes = report.suite_table(report.load_records(tmp_path)["adhoc"], {})
+    assert sorted(notes.status) == ["failed: ValueError: Invalid weight_decay value: -1"] * 4 + ["ok"] * 4
+    assert set(t.main[notes.status.str.startswith("failed")]["Precision@1"]) == {"failed"}
     assert "adhoc_heatmap.png" in page
 
 
@@ -110,3 +111,29 @@ def test_a_half_written_record_is_left_out_of_the_aggregation(tmp_path):
     torn.write_text('{"suite": "s", "model": ')
     assert read_record(torn) is None
     assert [r["model"] for r in report.load_records(tmp_path)["s"]] == ["m"]
+
+
+def test_a_sweep_job_skips_a_done_run_and_reruns_another_config(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lightning_modules import sweep
+    from lightning_modules.record import config_hash
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        full = compose("config", overrides=[f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/sw",
+                                            "hydra.job.num=0"], return_hydra_config=True)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after
+    HydraConfig.instance().set_config(full)
+    cfg = full.copy()
+    with open_dict(cfg):
+        del cfg["hydra"]  # what a job receives
+    started = []
+    record_path = Path(cfg.run_dir) / "record.json"
+    write_json_atomic(record_path, {"status": "ok", "config_hash": config_hash(cfg)})
+    assert sweep.job(cfg, started.append)["status"] == "skipped" and started == []
+    write_json_atomic(record_path, {"status": "ok", "config_hash": "another config"})
+    assert sweep.job(cfg, lambda c: started.append(c) or {"status": "ok"})["status"] == "ok"
+    assert started == [cfg]
+    assert read_record(tmp_path / "sw" / "jobs" / "0.json")["status"] == "ok"

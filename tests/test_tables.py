@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from benchmarks import tables
+from benchmarks import plots, render, tables
 
 HW = {"cpu": "Test CPU", "cpu_cores": 2, "torch_threads": 2, "gpu": None, "gpu_count": 0}
 
@@ -43,7 +43,7 @@ def test_reference_ratios_are_computed_from_the_papers_numbers():
 
 
 def test_three_files_written(tmp_path):
-    paths = tables.write("t", "fixture", RECORDS, tmp_path, reference_table="seed_table")
+    paths = render.write("t", {"description": "fixture", "reference": "seed_table"}, RECORDS, tmp_path)
     md = paths["md"].read_text()
     assert "| FP (16) w/ LS" in md and "Test CPU, 2 cores" in md and "AlexNet" in md
     csv = pd.read_csv(paths["csv"])
@@ -55,7 +55,7 @@ def test_three_files_written(tmp_path):
 
 def test_no_records_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no records"):
-        tables.write("t", "", [], tmp_path)
+        render.write("t", {}, [], tmp_path)
 
 
 def test_pivot_is_w_by_a_per_method(tmp_path):
@@ -67,12 +67,12 @@ def test_pivot_is_w_by_a_per_method(tmp_path):
     d = piv["DoReFa-Net"]
     assert list(d.index) == ["W1", "W2", "W32"] and list(d.columns) == ["A2", "A32"]
     assert d.loc["W2", "A32"] == "55.20%" and piv["LQ-Nets"].loc["W2", "A2"] == "70.00%"
-    md = tables.write("sweep", "", recs, tmp_path, pivot={"rows": "bits_w", "cols": "bits_a"})["md"].read_text()
+    md = render.write("sweep", {"pivot": {"rows": "bits_w", "cols": "bits_a"}}, recs, tmp_path)["md"].read_text()
     assert "DoReFa-Net: top1 by bits_w (rows) and bits_a (columns)" in md and "| W32 " in md
 
 
 def test_legend_name_falls_back_to_the_method_for_missing_labels():
-    from benchmarks.tables import legend_name
+    from benchmarks.plots import legend_name
     assert legend_name("XNOR-Net", "xnor") == "XNOR-Net"
     assert [legend_name(v, "fp32") for v in (None, float("nan"), "")] == ["fp32"] * 3
     frame_label = pd.DataFrame([{"method": "fp32"}, {"method": "bnn", "method_label": "BNN"}]).method_label.iloc[0]
@@ -82,19 +82,19 @@ def test_legend_name_falls_back_to_the_method_for_missing_labels():
 def test_pareto_front_by_hand():
     # (footprint, top1): b is beaten by a (smaller and better), d by c; e is the best overall
     pts = [(10, 0.80), (20, 0.79), (30, 0.85), (40, 0.84), (50, 0.90)]
-    assert tables.pareto(pts) == [0, 2, 4]
-    assert tables.pareto([(5, 0.5), (5, 0.6)]) == [1]  # same size: only the better one
+    assert plots.pareto(pts) == [0, 2, 4]
+    assert plots.pareto([(5, 0.5), (5, 0.6)]) == [1]  # same size: only the better one
 
 
 def test_footprint_plot_written_and_linked(tmp_path):
     recs = [rec("lenet5", "32", 10.0, 2.0, 0.5 + 0.01 * w, method="dorefa", bits=(w, 2, 32),
                 method_label="DoReFa-Net", footprint_bytes=1000 * w) for w in (1, 2, 4)]
-    paths = tables.write("sweep", "", recs, tmp_path, plot=True)
+    paths = render.write("sweep", {"plot": True}, recs, tmp_path)
     png = paths["png"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert f"]({png.name})" in paths["md"].read_text()
     assert f"src='{png.name}'" in paths["html"].read_text()
-    assert "png" not in tables.write("sweep2", "", recs, tmp_path)  # off unless the suite asks
+    assert "png" not in render.write("sweep2", {}, recs, tmp_path)  # off unless the suite asks
 
 
 def test_compression_table_rates_against_the_models_ref(tmp_path):
@@ -118,13 +118,13 @@ def test_compression_table_rates_against_the_models_ref(tmp_path):
     assert list(t["Compress. rate"]) == ["1.0×", "12.0×", "12.0×"]  # 266,610 / 22,218
     assert list(t["File rate"]) == ["1.0×", "10.0×", "40.0×"]      # 1,070,000 / 26,750
     assert t["Test ×FP32"].iloc[1] == "1.50×" and t["Parameters"].iloc[1] == "22.22K"
-    paths = tables.write("deep_compression", "d", [ref, pruned, dc], tmp_path,
-                         reference_table="deep_compression", kind="compression")
+    paths = render.write("deep_compression", {"reference": "deep_compression", "table": "compression"},
+                         [ref, pruned, dc], tmp_path)
     md = paths["md"].read_text()
     assert "Per layer, lenet300 Compressed" in md and "| net.1 " in md and "40.2×" in md
     assert "LeNet-5 Compressed" in md and "39×" in md  # the paper's rows beside ours
     with pytest.raises(ValueError, match="table='pivot'"):
-        tables.write("x", "", [ref], tmp_path, kind="pivot")
+        tables.suite_tables({"name": "x", "table": "pivot"}, [ref])
 
 
 def test_suite_runs_expand_like_hydra_multirun():

@@ -1,0 +1,140 @@
+"""A suite's plots, from `tables.frame(records)`: PNGs drawn with matplotlib, pure functions of the
+records. Precision@1 against footprint (log scale, Pareto front), a W x A heat map of P@1 per
+method swept over both bitwidths, training and test throughput relative to FP32.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def slug(name: str) -> str:
+    """A suite name as a file name and HTML id: letters, digits, `_`, `-`, `.`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: smaller x (footprint) and higher y (P@1)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def legend_name(label, method: str) -> str:
+    """A run's method label for a legend; the method name when the record has none (None, NaN
+    in a frame, or empty)."""
+    return method if label is None or label == "" or (isinstance(label, float) and pd.isna(label)) else str(label)
+
+
+def plot_footprint(name: str, df: pd.DataFrame, path: Path, x: str = "footprint_bytes",
+                   y: str = "top1") -> Path | None:
+    """Precision@1 against footprint (log scale), one marker per method, the Pareto front as a line
+    and each point labelled with its bits; None when no run finished."""
+    ok = df[(df.status == "ok") & df[x].notna() & df[y].notna()].reset_index(drop=True)
+    if ok.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    markers = "osD^vP*Xh<>"
+    for i, (method, g) in enumerate(ok.groupby("method", sort=False)):
+        shown = legend_name(g.get("method_label", g.method).iloc[0], method)
+        ax.scatter(g[x] / 1024, 100 * g[y], marker=markers[i % len(markers)], label=shown, s=36)
+        for _, r in g.iterrows():
+            ax.annotate(f"{r.bits_w},{r.bits_a}", (r[x] / 1024, 100 * r[y]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    front = ok.iloc[pareto(list(zip(ok[x], ok[y])))]
+    ax.step(front[x] / 1024, 100 * front[y], where="post", color="k", lw=0.8, ls="--",
+            label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("footprint (KB, exported file, log scale)")
+    ax.set_ylabel("Precision@1 (%)")
+    ax.set_title(f"{name}: Precision@1 against footprint")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")  # away from the points
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sweeps(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per method, its ok rows when it was swept over at least two W and two A bitwidths."""
+    ok = df[df.status == "ok"]
+    return {str(g.get("method_label", g.method).iloc[0] or m): g for m, g in ok.groupby("method", sort=False)
+            if g.bits_w.nunique() >= 2 and g.bits_a.nunique() >= 2}
+
+
+def plot_heatmap(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """A W (rows) x A (columns) heat map of Precision@1 per swept method; None if none was."""
+    swept = sweeps(df)
+    if not swept:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(swept), figsize=(3.6 * len(swept) + 1, 3.8), dpi=110, squeeze=False)
+    for ax, (label, g) in zip(axes[0], swept.items()):
+        t = g.pivot_table(index="bits_w", columns="bits_a", values="top1", aggfunc="last").sort_index()
+        t = t[sorted(t.columns)] * 100
+        im = ax.imshow(t.values, cmap="viridis", aspect="auto", vmin=t.min().min(), vmax=t.max().max())
+        ax.set_xticks(range(len(t.columns)), [f"A{a}" for a in t.columns])
+        ax.set_yticks(range(len(t.index)), [f"W{w}" for w in t.index])
+        mid = (t.min().min() + t.max().max()) / 2
+        for (i, j), v in pd.DataFrame(t.values).stack().items():
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="k" if v > mid else "w")
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=ax, label="Precision@1 (%)")
+    fig.suptitle(f"{name}: Precision@1 (%), W bits (rows) x A bits (columns)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_throughput(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """Training and test throughput relative to the same model's FP32 row, one bar pair per run."""
+    ok = df[(df.status == "ok") & (df.train_it_s_vs_fp32.notna() | df.test_it_s_vs_fp32.notna())]
+    if ok.empty:
+        return None
+    plt = _plt()
+    labels = [f"{lab} · {m}" for lab, m in zip(ok.label, ok.model)]
+    y = range(len(ok))
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(ok) + 1.4), dpi=110)
+    ax.barh([i - 0.2 for i in y], ok.train_it_s_vs_fp32.fillna(0), height=0.4, label="training")
+    ax.barh([i + 0.2 for i in y], ok.test_it_s_vs_fp32.fillna(0), height=0.4, label="test")
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("throughput relative to the model's FP32 run (×)")
+    ax.set_title(f"{name}: throughput relative to FP32", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+PLOTS = {"footprint": ("Precision@1 against footprint", plot_footprint),
+         "heatmap": ("Precision@1, W x A", plot_heatmap),
+         "throughput": ("Throughput relative to FP32", plot_throughput)}
+
+
+def suite_plots(name: str, df: pd.DataFrame, out_dir: Path, which=tuple(PLOTS)) -> dict[str, Path]:
+    """The suite's plots `which` as <out_dir>/<slug(name)>_<plot>.png: {title: path}, only those
+    with something to show."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = {title: draw(name, df, out_dir / f"{slug(name)}_{key}.png")
+             for key, (title, draw) in PLOTS.items() if key in which}
+    return {k: v for k, v in drawn.items() if v is not None}

@@ -1,0 +1,77 @@
+"""A suite's tables (`tables.suite_tables`) as files: results/tables/<suite>.md, .csv and .html
+(and <suite>_footprint.png with the suite's `plot: true`). The HTML report (benchmarks/report.py)
+shows the same tables through `html_tables`.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks import plots
+from benchmarks.tables import SuiteTables, suite_tables
+
+STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+         "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}")
+
+
+def header(name: str, description: str, df: pd.DataFrame) -> list[str]:
+    hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
+    shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
+    return [f"Suite `{name}`: {description}",
+            f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(shas) or 'unknown'}.",
+            "Throughput is measured over steady-state steps (warm-up excluded, data loading "
+            "included) at the run's batch size; Footprint is the exported weights file, "
+            "ckpt the Lightning checkpoint."]
+
+
+def markdown(t: SuiteTables) -> list[str]:
+    """The tables as Markdown lines: the run table, the pivots, per-layer tables, published rows."""
+    md = [t.main.to_markdown(index=False), ""]
+    for label, p in t.pivots.items():
+        md += [f"{label}: {t.pivot.get('value', 'top1')} by {t.pivot.get('rows', 'bits_w')} (rows) and "
+               f"{t.pivot.get('cols', 'bits_a')} (columns)", "", p.to_markdown(), ""]
+    for label, p in t.layers.items():
+        md += [f"Per layer, {label} (Deep Compression Tables 2/3):", "", p.to_markdown(index=False), ""]
+    if not t.reference.empty:
+        md += [f"Published reference (`{t.reference_table}` in benchmarks/reference/paper_numbers.csv):", "",
+               t.reference.to_markdown(index=False), ""]
+    return md
+
+
+def html_tables(t: SuiteTables, level: int = 2, na_rep: str = "NaN") -> list[str]:
+    """The same tables as HTML: the run table (class `results`), then each other one under an
+    <h`level`> heading."""
+    h = lambda text: f"<h{level}>{html.escape(text)}</h{level}>"  # noqa: E731
+    out = [t.main.to_html(index=False, border=0, classes="results", na_rep=na_rep)]
+    for label, p in t.pivots.items():
+        out += [h(label), p.to_html(border=0, classes="pivot", na_rep=na_rep)]
+    for label, p in t.layers.items():
+        out += [h(f"Per layer, {label}"), p.to_html(index=False, border=0, na_rep=na_rep)]
+    if not t.reference.empty:
+        out += [h(f"Published reference ({t.reference_table})"),
+                t.reference.to_html(index=False, border=0, classes="reference", na_rep=na_rep)]
+    return out
+
+
+def write(name: str, suite: dict, records: list[dict], out_dir: Path) -> dict[str, Path]:
+    """Write <out_dir>/<name>.md, .csv and .html of the suite (conf/suite/<name>.yaml as a dict)
+    from its records, and <name>_footprint.png with `plot: true`; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = suite_tables(suite, records)
+    head = header(name, suite.get("description", ""), t.frame)
+    paths = {"md": out_dir / f"{name}.md", "csv": out_dir / f"{name}.csv", "html": out_dir / f"{name}.html"}
+    png = plots.suite_plots(name, t.frame, out_dir, which=("footprint",)) if suite.get("plot") else {}
+    md = [f"# {name}", "", *[line + "  " for line in head], "", *markdown(t)]
+    body = [f"<h1>{html.escape(name)}</h1>", *[f"<p>{html.escape(line)}</p>" for line in head], *html_tables(t)]
+    for title, path in png.items():
+        paths["png"] = path
+        md += [f"![{title}]({path.name})", ""]
+        body += [f"<h2>{html.escape(title)}</h2><img src='{html.escape(path.name)}' alt='{html.escape(title)}'>"]
+    paths["md"].write_text("\n".join(md))
+    t.frame.to_csv(paths["csv"], index=False)
+    paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}"
+                             f"</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+    return paths
