@@ -287,6 +287,7 @@ def test_binaryconnect_clips_after_each_step(make_method):
     assert make_method("xnor").callbacks() == []
 
 
+@pytest.mark.slow
 def test_compression_package_imports_no_lightning():
     pkg = ROOT / "lightning_modules" / "compression"
     for path in pkg.glob("*.py"):
