@@ -9,7 +9,7 @@ DATA_DIR ?=
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
 
-.PHONY: help install data browser test bench report wandb-sync overhead clean
+.PHONY: help install data browser test test-fast bench report wandb-sync overhead clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -40,6 +40,9 @@ browser:  ## Debian's chromium + chromium-driver (the report test renders the pa
 
 test: install browser  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
+
+test-fast: install  ## the tests without the `slow` (processes, browser, Trainer fits) and `gpu` ones
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 bench: install  ## run suite SUITE (default: precision), write results/tables/SUITE.{md,csv,html}, rebuild the report; DATA_DIR sets data.root
 	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR))); rc=$$?; \

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# `pytest` (not only `python -m pytest`) imports this checkout's packages and `tests.*`, not those
+# of whichever checkout the virtualenv was installed from (pip install -e)
+sys.path.insert(0, str(REPO))
 # Small but real: the real Fashion-MNIST files, a real Trainer, a few dozen steps.
 FAST = ["model=lenet300", "data.train_subset=512", "data.test_subset=1000", "data.val_size=500",
         "trainer.limit_val_batches=1", "measure.warmup_steps=2"]

@@ -1,6 +1,7 @@
-"""Compact nets (issue 6): every model config builds at its datasets' input sizes, trains a step
-on CPU, and composes with every kind of method; the shift, active shift and compound scaling
-do what their papers' formulas say."""
+"""Compact nets (issue 6): every model config composes with every kind of method (1-bit
+quantization, magnitude pruning) with the effect each promises; the ImageNet forms have the
+published sizes and are torchvision's nets; the shift, active shift and compound scaling do what
+their papers' formulas say. (Every model training a step: tests/test_model_backward.py.)"""
 import copy
 import functools
 import math
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.models as tvm
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from lightning_modules.compression.pack import load_packed
 from lightning_modules.compression.qlayers import QConv2d, QLayer
@@ -22,8 +25,6 @@ from lightning_modules.models.efficientnet import B0, EfficientNet, compound
 from tests.compression.conftest import build_method
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-# (in_channels, image_size) of the datasets the harness has: Fashion-MNIST and CIFAR-10
-SIZES = [(1, 28), (3, 32)]
 
 
 def build(model: str, c: int, s: int, classes: int = 10) -> nn.Module:
@@ -46,53 +47,110 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize("model", choices("model"))
-def test_every_model_trains_a_step_at_each_dataset_size(model):
-    """... with method=fp32 (the identity method): the fp32 column of the composition matrix."""
-    torch.manual_seed(0)
-    fp32 = instantiate(OmegaConf.load(CONF / "method" / "fp32.yaml"))
-    for c, s in SIZES:
-        net = fp32.apply(build(model, c, s))
-        out = net(torch.randn(2, c, s, s))
-        assert out.shape == (2, 10)
-        F.cross_entropy(out, torch.tensor([1, 2])).backward()
-        grads = [p.grad for p in net.parameters() if p.requires_grad]
-        assert all(g is not None and torch.isfinite(g).all() for g in grads), model
+def _layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of the Conv2d/Linear layers in module order: what methods select from."""
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-METHODS = {"dorefa": "w1a2g6", "xnor": "w1a1g32", "prune": None}
-
-
-@pytest.mark.parametrize("model,method", [(m, k) for m in choices("model") for k in METHODS])
-def test_every_model_composes_with_every_kind_of_method(model, method):
-    """A quantization method (DoReFa, XNOR: layers swapped) and pruning (masks) apply to every
-    net, which then runs forward and backward on a small batch (16x16 inputs: the same layers,
-    a third of the 28x28 work; fp32 is the test above)."""
+@pytest.mark.parametrize("model,method", [(m, k) for m in choices("model") for k in ("dorefa", "xnor")])
+def test_every_model_composes_with_1_bit_quantization(model, method):
+    """DoReFa W1 / XNOR (BWN weights) on every net (16x16 inputs: the same layers, a third of the
+    28x28 work): every Conv2d/Linear but the first and the last is swapped; the weight each one
+    uses has a single magnitude per output channel (+-alpha: one bit plus a scale), and the
+    straight-through estimator gives every parameter a finite gradient."""
     torch.manual_seed(0)
     net = built(model, 1, 16)
-    if method == "prune":
-        m = instantiate(OmegaConf.load(CONF / "method" / "prune.yaml"), _convert_="all")
-    else:
-        m = build_method(method, METHODS[method])
-    net = m.apply(net)
-    if method != "prune":
-        assert any(isinstance(q, QLayer) for q in net.modules())
+    names = [n for n, _ in _layers(net)]
+    net = build_method(method, {"dorefa": "w1a2g6", "xnor": "w1a1g32"}[method]).apply(net)
+    swapped = [n for n, m in net.named_modules() if isinstance(m, QLayer)]
+    assert swapped == names[1:-1], f"{model}: the first and last layers stay float, the rest is swapped"
+    for n in swapped:
+        w = net.get_submodule(n).quantized_weight().detach().abs().flatten(1)
+        assert (w > 0).all() and torch.equal(w.max(1).values, w.min(1).values), n
     out = net(torch.randn(2, 1, 16, 16))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
-    out.square().mean().backward()
+    F.cross_entropy(out, torch.tensor([1, 2])).backward()
+    for n, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{model}: {n}"
+
+
+@pytest.mark.parametrize("model", choices("model"))
+def test_every_model_composes_with_magnitude_pruning(model):
+    """conf/method/prune.yaml on every net: nothing is pruned before its start; at its start every
+    Conv2d/Linear loses exactly round(s n) of its n weights, the smallest |w| (the output
+    changes), the pruned weights stay zero through an optimizer step, and the non-zero count
+    the record reports drops by the pruned count."""
+    from lightning_modules.compression.prune import nonzero_params
+    cfg = OmegaConf.load(CONF / "method" / "prune.yaml")
+    s = float(cfg.sparsity)
+    torch.manual_seed(0)
+    net = built(model, 1, 16)
+    for m in net.modules():  # train mode (batch statistics keep an untrained deep net's signal
+        if isinstance(m, (nn.Dropout, StochasticDepth)):  # alive), without random dropping
+            m.p = 0.0
+    dense = {n: m.weight.detach().clone() for n, m in _layers(net)}
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        ref = net(x)
+    nonzero = nonzero_params(net)  # zero-initialised biases and shifts do not count
+    method = instantiate(cfg, _convert_="all")
+    net = method.apply(net)
+    method.on_time(net, cfg.start - 1, cfg.interval)  # before the schedule: still dense
+    with torch.no_grad():
+        assert torch.equal(net(x), ref)
+    assert nonzero_params(net) == nonzero
+    method.on_time(net, cfg.start, cfg.interval)
+    with torch.no_grad():
+        assert (net(x) - ref).abs().max() > 1e-3 * ref.abs().max()  # relative: some nets start near 0
+    pruned = 0
+    for n, m in _layers(net):
+        gone, mag = m.weight.detach() == 0, dense[n].abs()
+        assert int(gone.sum()) == round(s * mag.numel()), n
+        assert mag.masked_fill(gone, torch.inf).min() >= mag.masked_fill(~gone, 0).max(), n  # smallest |w| went
+        pruned += int((gone & (mag > 0)).sum())  # a weight initialised to 0.0 was no parameter
+    assert nonzero_params(net) == nonzero - pruned
+    F.cross_entropy(net(x), torch.tensor([1, 2])).backward()
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    with torch.no_grad():
+        net(x)  # the forward pass recomputes each layer's masked weight
+    for n, m in _layers(net):
+        assert int((m.weight == 0).sum()) == round(s * dense[n].numel()), n
+
+
+# --- the ImageNet forms are the published nets ---------------------------------------------------
+
+TORCHVISION = {"alexnet": tvm.alexnet, "vgg16": tvm.vgg16_bn, "resnet18": tvm.resnet18,
+               "resnet50": tvm.resnet50, "mobilenet_v2": tvm.mobilenet_v2,
+               "resnet_dilated": functools.partial(tvm.resnet50, replace_stride_with_dilation=[False, False, True]),
+               "efficientnet_b0": tvm.efficientnet_b0}
 
 
 @pytest.mark.parametrize("model,params", [
+    ("alexnet", 61_100_840),          # Krizhevsky et al. 2012 (torchvision's one-GPU variant): 61M
+    pytest.param("vgg16", 138_365_992, marks=pytest.mark.slow),  # Simonyan & Zisserman 2015, D (+BN): 138M, ~5 s
     ("resnet18", 11_689_512),         # torchvision / He et al. 2016: 11.7M
+    ("resnet50", 25_557_032),         # He et al. 2016: 25.6M
+    ("resnet_dilated", 25_557_032),   # dilation adds no weights
     ("mobilenet_v1", 4_231_976),      # Howard et al. 2017, Table 1 / 8: 4.2M
     ("mobilenet_v2", 3_504_872),      # Sandler et al. 2018: 3.4M (torchvision's 3.5M)
     ("efficientnet_b0", 5_288_548),   # Tan & Le 2019, Table 2: 5.3M (torchvision's efficientnet_b0)
 ])
-def test_imagenet_forms_have_the_published_size(model, params):
-    net = build(model, 3, 224, 1000)
+def test_imagenet_forms_have_the_published_size_and_are_torchvisions_nets(model, params):
+    """At 224 px (stem imagenet) the net has the published parameter count and, with the same
+    weights loaded, computes torchvision's reference net's logits."""
+    torch.manual_seed(0)
+    net = build(model, 3, 224, 1000).eval()
     assert n_params(net) == params
+    x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        assert net.eval()(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+        out = net(x)
+    assert out.shape == (1, 1000)
+    if model in TORCHVISION:
+        ref = TORCHVISION[model](weights=None).eval()
+        state = {k.removeprefix("net."): v for k, v in net.state_dict().items()}
+        ref.load_state_dict(state)  # strict: the same modules, names and shapes
+        with torch.no_grad():
+            torch.testing.assert_close(out, ref(x), rtol=1e-4, atol=1e-5)
 
 
 # --- shift ------------------------------------------------------------------------------------

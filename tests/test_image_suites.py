@@ -5,24 +5,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from benchmarks.suite import expand
-from lightning_modules.config_check import choices, normalize_overrides
+from lightning_modules.config_check import normalize_overrides
 from tests.conftest import REPO, only_record, train
 from tests.image_fixtures import write_cifar, write_imagefolder
-
-# Models the suites name that another branch adds (alexnet, resnet50, vgg_small): until they are
-# in conf/model/, the runs compose with resnet8 in their place (the run list itself is checked).
-STAND_IN = "resnet8"
-
-
-def _model(run):
-    m = next(o.split("=", 1)[1] for o in run if o.startswith("model="))
-    return m if m in choices("model") else STAND_IN
-
-
-def _swap(run):
-    """The run's overrides with its model replaced by the stand-in where that model is absent."""
-    return [f"model={_model(run)}" if o.startswith("model=") else o for o in run]
-
 
 def _runs(name, root):
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -30,7 +15,7 @@ def _runs(name, root):
         out = []
         for spec in suite.runs:
             for run in expand(list(spec)):
-                ov = normalize_overrides([*suite.common, *_swap(run), f"data.root={root}"])
+                ov = normalize_overrides([*suite.common, *run, f"data.root={root}"])
                 out.append((run, compose("config", overrides=ov)))
     return suite, out
 
@@ -74,7 +59,7 @@ def test_imagenet_suite_row_runs_on_an_imagefolder(tmp_path):
     write_imagefolder(tmp_path / "inet", classes=("n01", "n02", "n03"), per_class=4, val_per_class=2)
     suite, runs = _runs("seed_table_imagenet", tmp_path / "inet")
     run = next(r for r, _ in runs if "method=dorefa" in r)  # XNOR/DoReFa: quantized layers on 224x224
-    p = train(normalize_overrides([*suite.common, *_swap(run), f"data.root={tmp_path / 'inet'}",
+    p = train(normalize_overrides([*suite.common, *run, f"data.root={tmp_path / 'inet'}",
                                    "suite=seed_table_imagenet", *CPU, "trainer.devices=1", "trainer.sync_batchnorm=false",
                                    "grad_compression=sketch",
                                    "data.batch_size=4", "data.eval_batch_size=3"]), tmp_path / "res")
@@ -92,7 +77,7 @@ def test_lqnets_suite_row_runs_on_cifar_pickles_through_dali(tmp_path):
     write_cifar(tmp_path / "cifar", n_train=40, n_test=12)
     suite, runs = _runs("lqnets_cifar10", tmp_path / "cifar")
     run = next(r for r, c in runs if c.bits.w == 2 and c.bits.a == 2 and "model=resnet20" in r)
-    p = train(normalize_overrides([*suite.common, *_swap(run), "data=cifar10_dali", "data.device=cpu",
+    p = train(normalize_overrides([*suite.common, *run, "data=cifar10_dali", "data.device=cpu",
                                    f"data.root={tmp_path / 'cifar'}", "data.val_size=8", "data.download=false",
                                    "suite=lqnets_cifar10", *CPU, "data.batch_size=8", "data.eval_batch_size=5"]),
               tmp_path / "res")

@@ -56,7 +56,13 @@ def test_option_a_shortcut_is_parameter_free_subsample_and_pad():
     assert y[:, :8].abs().sum() == 0 and y[:, 24:].abs().sum() == 0
 
 
-@pytest.mark.parametrize("cls", [LeNet300, LeNet5])
-def test_input_shape_and_classes_come_from_data(cls):
+@pytest.mark.parametrize("cls,expected", [
+    # 3072-300-100-100: the first layer reads every pixel of every channel
+    (LeNet300, 3 * 32 * 32 * 300 + 300 + 300 * 100 + 100 + 100 * 100 + 100),
+    # conv 5x5 (32 -> 28), pool (14), conv 5x5 (10), pool (5): ip1 reads 50 x 5 x 5
+    (LeNet5, 3 * 20 * 25 + 20 + 20 * 50 * 25 + 50 + 50 * 5 * 5 * 500 + 500 + 500 * 100 + 100),
+])
+def test_input_shape_and_classes_come_from_data(cls, expected):
     m = cls(in_channels=3, image_size=32, num_classes=100)
+    assert n_params(m) == expected
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 100)

@@ -54,6 +54,7 @@ def fmnist_small():
     return dm
 
 
+@pytest.mark.slow
 def test_fp16_with_loss_scaling_runs_in_float16_and_scales(fmnist_small):
     module, probe, trainer = fit("16-mixed", fmnist_small)
     assert probe.act_dtypes == {torch.float16}
@@ -64,6 +65,7 @@ def test_fp16_with_loss_scaling_runs_in_float16_and_scales(fmnist_small):
     assert next(module.parameters()).dtype == torch.float32  # fp32 master weights
 
 
+@pytest.mark.slow
 def test_fp16_without_loss_scaling_runs_in_float16_unscaled(fmnist_small):
     module, probe, trainer = fit("16-mixed-noscale", fmnist_small)
     assert probe.act_dtypes == {torch.float16}
@@ -71,6 +73,7 @@ def test_fp16_without_loss_scaling_runs_in_float16_unscaled(fmnist_small):
     assert probe.ratios and all(r == pytest.approx(1.0) for r in probe.ratios)
 
 
+@pytest.mark.slow
 def test_bf16_and_fp32(fmnist_small):
     _, probe, _ = fit("bf16-mixed", fmnist_small, steps=2)
     assert probe.act_dtypes == {torch.bfloat16} and probe.scales == [None, None]

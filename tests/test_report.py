@@ -100,6 +100,7 @@ def browser():
     b.quit()
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_chromium(built, browser, tmp_path):
     results, index = built
     browser.get(index.resolve().as_uri())

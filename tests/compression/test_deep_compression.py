@@ -188,6 +188,7 @@ def _tiny_fit(method, max_epochs):
     return module.net
 
 
+@pytest.mark.slow
 def test_lightning_callback_runs_the_schedule(make_method):
     method = make_method("deep_compression", "w32a32g32")  # prune at epoch 1, share at 2
     net = _tiny_fit(method, max_epochs=3)

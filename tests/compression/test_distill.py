@@ -183,6 +183,7 @@ def test_bad_alpha_temperature(key, value):
 
 # --- through train.py ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_teacher_run_then_student_naming_it(tmp_path):
     common = [a for a in FAST if not a.startswith(("model=", "data.train_subset="))]
     common += ["data.train_subset=256", "trainer.max_epochs=1"]

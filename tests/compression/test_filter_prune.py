@@ -333,6 +333,7 @@ def _ddp_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_masks_identical_and_from_the_summed_statistics(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

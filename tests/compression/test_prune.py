@@ -150,6 +150,7 @@ def _ddp_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_masks_and_codebooks_identical_on_every_rank(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

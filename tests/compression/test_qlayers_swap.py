@@ -291,6 +291,7 @@ def test_binaryconnect_clips_after_each_step(make_method):
     assert model.features[2].weight.abs().max() > 1
 
 
+@pytest.mark.slow
 def test_compression_package_imports_no_lightning():
     pkg = ROOT / "lightning_modules" / "compression"
     for path in pkg.glob("*.py"):
