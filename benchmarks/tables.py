@@ -228,7 +228,9 @@ def layer_table(records: list[dict]) -> dict[str, pd.DataFrame]:
     weight bits P+Q / P+Q+H, index bits P+Q / P+Q+H, compression rate P+Q / P+Q+H."""
     out = {}
     for r in records:
-        rows = r.get("layers")
+        rows = r.get("report")
+        if rows is None and r.get("layers") and "layer" in r["layers"][0]:  # records before `report`
+            rows = r["layers"]
         if not rows or r.get("status") != "ok":
             continue
         t = pd.DataFrame(rows)

@@ -26,6 +26,23 @@ RECORD_KEYS = ("suite", "run_name", "config_hash", "model", "method", "bits", "p
                "checkpoint_bytes", "wall_s", "started_at", "git_sha", "hardware", "torch_version")
 
 
+def header(cfg: DictConfig) -> dict:
+    """What ran, from the config alone: the record's identity keys (every record has them, a
+    finished run's and a sweep's failed-before-start one alike)."""
+    return {"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
+            "model": cfg.model.name, "method": cfg.method.name, "method_label": cfg.method.get("label"),
+            "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")}, "precision": cfg.precision.name,
+            "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),
+            "seed": int(cfg.seed)}
+
+
+def ordered(record: dict) -> dict:
+    """The contract's keys first, in the documented order (unknown ones None); extras after."""
+    out = {k: record.get(k) for k in RECORD_KEYS}
+    out.update({k: v for k, v in record.items() if k not in out})
+    return out
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Hash of the resolved config minus bookkeeping keys: same hash = same experiment."""
     c = OmegaConf.to_container(cfg, resolve=True)

@@ -27,20 +27,15 @@ from .compression.prune import nonzero_params
 from .config_check import ConfigError
 from .loggers import finish
 from .precision import loss_scale
-from .record import RECORD_KEYS, config_hash, git_sha, hardware, write_json_atomic
+from .record import git_sha, hardware, ordered, write_json_atomic
+from .record import header as config_header
 
 log = logging.getLogger("harness")
 
 
 def header(cfg: DictConfig, dm, module: pl.LightningModule) -> dict:
     """What ran: the record's keys known before training (params of the net as built)."""
-    return {"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
-            "model": cfg.model.name, "method": cfg.method.name,
-            "method_label": cfg.method.get("label"),
-            "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")},
-            "precision": cfg.precision.name, "dataset": dm.name,
-            "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),
-            "seed": int(cfg.seed), "status": "running",
+    return {**config_header(cfg), "dataset": dm.name, "status": "running",
             "params": sum(p.numel() for p in module.net.parameters()),
             "git_sha": git_sha(), "hardware": hardware(), "torch_version": torch.__version__}
 
@@ -54,13 +49,6 @@ def count_flops(net: torch.nn.Module, dm) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x)
     return int(counter.get_total_flops())
-
-
-def ordered(record: dict) -> dict:
-    """The contract's keys first, in the documented order; extras after."""
-    out = {k: record.get(k) for k in RECORD_KEYS}
-    out.update({k: v for k, v in record.items() if k not in out})
-    return out
 
 
 class Recorder:

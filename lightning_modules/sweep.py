@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .config_check import ConfigError
-from .record import RECORD_KEYS, config_hash, read_record, write_json_atomic
+from .record import config_hash, header, ordered, read_record, write_json_atomic
 
 log = logging.getLogger("harness")
 _FAILED: list[dict] = []  # filled by SweepReport in the process that launched the sweep
@@ -43,13 +43,7 @@ def done(record_path: Path, cfg_hash: str) -> dict | None:
 
 def failed_record(cfg: DictConfig, error: str) -> dict:
     """A record for a run that failed before run.py wrote one (the contract's keys, unknowns None)."""
-    rec = {k: None for k in RECORD_KEYS}
-    rec.update({"suite": cfg.suite.name, "run_name": cfg.run_name, "config_hash": config_hash(cfg),
-                "model": cfg.model.name, "method": cfg.method.name,
-                "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")},
-                "precision": cfg.precision.name, "seed": int(cfg.seed), "status": "failed",
-                "error": error})
-    return rec
+    return ordered({**header(cfg), "status": "failed", "error": error})
 
 
 def job(cfg: DictConfig, run) -> dict:

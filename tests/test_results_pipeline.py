@@ -32,7 +32,7 @@ def record(cfg, i: int, status: str = "ok") -> dict:
                started_at="2026-01-01T00:00:00+00:00", git_sha="abc", hardware=HW, torch_version="2",
                method_label=cfg.method.get("label"), throughput_steady=True, test_samples=2000,
                model_file="model.pt", checkpoint_file="last.ckpt", nonzero_params=266_610 // (i + 1),
-               flops=532_400 - 100 * i, layers=LAYERS if cfg.method.name == "deep_compression" else None,
+               flops=532_400 - 100 * i, report=LAYERS if cfg.method.name == "deep_compression" else None,
                compute_dtype="float32", loss_scale=None, world_size=1, bops=1000 * i,
                flops_effective=532_400 - 50 * i)
     return rec

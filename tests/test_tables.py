@@ -109,7 +109,7 @@ def test_compression_table_rates_against_the_models_ref(tmp_path):
                "weight_bits_pqh": None, "index_bits_pq": None, "index_bits_pqh": None,
                "compression": 40.2}]
     dc = rec("lenet300", "32", 80.0, 20.0, 0.8955, method="deep_compression", method_label="Compressed",
-             params=266_610, nonzero_params=22_218, footprint_bytes=26_750, layers=layers)
+             params=266_610, nonzero_params=22_218, footprint_bytes=26_750, report=layers)
     df = tables.frame([ref, pruned, dc])
     t = tables.display_compression(df)
     assert list(t.columns) == tables.COMPRESSION_COLUMNS

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning_modules.compression.method import FullPrecision
 from lightning_modules.compression.qlayers import QLayer, QLinear
 from lightning_modules.compression.quant_distill import (
-    LearnedPoints, PointsQuantizer, PolinoQuant, UniformQuantizer, buckets, polino_uniform)
+    PointsQuantizer, PolinoQuant, UniformQuantizer, buckets, polino_uniform)
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import MLP
 from hydra.errors import InstantiationException
