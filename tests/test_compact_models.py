@@ -82,7 +82,7 @@ def test_every_model_composes_with_magnitude_pruning(model):
     the record reports drops by the pruned count."""
     from lightning_modules.compression.prune import nonzero_params
     cfg = OmegaConf.load(CONF / "method" / "prune.yaml")
-    s = float(cfg.sparsity)
+    s, schedule = float(cfg.prune.sparsity), cfg.prune  # prune.yaml = Compose(prune, code)
     torch.manual_seed(0)
     net = built(model, 1, 16)
     for m in net.modules():  # train mode (batch statistics keep an untrained deep net's signal
@@ -95,11 +95,11 @@ def test_every_model_composes_with_magnitude_pruning(model):
     nonzero = nonzero_params(net)  # zero-initialised biases and shifts do not count
     method = instantiate(cfg, _convert_="all")
     net = method.apply(net)
-    method.on_time(net, cfg.start - 1, cfg.interval)  # before the schedule: still dense
+    method.on_time(net, schedule.start - 1, schedule.interval)  # before the schedule: still dense
     with torch.no_grad():
         assert torch.equal(net(x), ref)
     assert nonzero_params(net) == nonzero
-    method.on_time(net, cfg.start, cfg.interval)
+    method.on_time(net, schedule.start, schedule.interval)
     with torch.no_grad():
         assert (net(x) - ref).abs().max() > 1e-3 * ref.abs().max()  # relative: some nets start near 0
     pruned = 0

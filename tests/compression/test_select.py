@@ -13,7 +13,7 @@ from lightning_modules.compression.low_rank import LowRank
 from lightning_modules.compression.product_quant import ProductQuant
 from lightning_modules.compression.prune import layers, per_layer
 from lightning_modules.compression.qlayers import QLayer
-from lightning_modules.compression.share import ShareSchedule, _bits_for
+from lightning_modules.compression.share import Share, _bits_for
 from lightning_modules.models import (CifarResNet, LeNet5, LeNet300, MLP, MobileNetV1, ShuffleNet,
                                       SSPQNet, mobilenet_v2, resnet)
 
@@ -86,12 +86,12 @@ def test_kinds_select_low_ranks_layers(net, kinds):
 
 def test_kind_map_gives_share_and_deep_compression_bits(net):
     for bits in ({"conv": 8, "fc": 5}, {"conv": 2, "fc": 7}):
-        sched = ShareSchedule(bits=bits, skip=["first"])
+        sched = Share(bits=bits, skip=["first"])
         rules = sel.from_skip(sched.skip) + sel.from_kind_map(sched.bits, "bits.w", "method.share.bits")
         p = sel.plan(net, rules)
         got = {n: p[n]["bits"]["w"] for n in sel.selected(p)}
         assert got == {n: _bits_for(m, sched.bits) for n, m in layers(net, sched.skip)}
-        gap = _gap_bits(bits)  # index_bits: compressed_file takes gap["conv"] for a Conv2d, else "fc"
+        gap = _gap_bits(bits, "method.code")  # index_bits: compressed_file takes gap["conv"] for a Conv2d, else "fc"
         p = sel.plan(net, sel.from_kind_map(gap, "index_bits", "method.index_bits"))
         assert {n: s["index_bits"] for n, s in p.items()} == \
             {n: gap["conv"] if isinstance(m, nn.Conv2d) else gap["fc"] for n, m in sel.candidates(net)}
