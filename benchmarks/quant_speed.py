@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from lightning_modules.compression.qlayers import QLayer
+from lightning_modules.compression.quantization.qlayers import QLayer
 from lightning_modules.record import hardware, hardware_line
 from lightning_modules.run import build_datamodule, build_method, build_net
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .compression.errors import FileFormatError
 from .compression.method import Method
-from .compression.qlayers import QLayer
+from .compression.quantization.qlayers import QLayer
 from .config_check import CONF, ConfigError
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from .callbacks.record_fields import RecordFields
 from .compression.cost import cost
-from .compression.prune import nonzero_params
+from .compression.pruning.magnitude import nonzero_params
 from .config_check import ConfigError
 from .loggers import finish
 from .precision import loss_scale

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from lightning_modules.compression.pack import load_packed
-from lightning_modules.compression.qlayers import QConv2d, QLayer
+from lightning_modules.compression.quantization.pack import load_packed
+from lightning_modules.compression.quantization.qlayers import QConv2d, QLayer
 from lightning_modules.config_check import choices
 from lightning_modules.models import ActiveShift, CifarResNet, Shift, ShiftResNet, SSPQNet
 from lightning_modules.models.compact import channel_shuffle
@@ -80,7 +80,7 @@ def test_every_model_composes_with_magnitude_pruning(model):
     Conv2d/Linear loses exactly round(s n) of its n weights, the smallest |w| (the output
     changes), the pruned weights stay zero through an optimizer step, and the non-zero count
     the record reports drops by the pruned count."""
-    from lightning_modules.compression.prune import nonzero_params
+    from lightning_modules.compression.pruning.magnitude import nonzero_params
     cfg = OmegaConf.load(CONF / "method" / "prune.yaml")
     s, schedule = float(cfg.prune.sparsity), cfg.prune  # prune.yaml = Compose(prune, code)
     torch.manual_seed(0)

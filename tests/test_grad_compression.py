@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lightning_modules.compression.sketch import decode, encode, make_hook, quantile_splits
+from lightning_modules.compression.communication.sketch import decode, encode, make_hook, quantile_splits
 from lightning_modules.models import LeNet300
 
 

@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lightning_modules.compression.method import Method
-from lightning_modules.compression.prune import is_masked, nonzero_params
-from lightning_modules.compression.qlayers import QLayer
-from lightning_modules.compression.share import is_shared, sharing
+from lightning_modules.compression.pruning.magnitude import is_masked, nonzero_params
+from lightning_modules.compression.quantization.qlayers import QLayer
+from lightning_modules.compression.coding.share import is_shared, sharing
 from lightning_modules.config_check import choices
 from lightning_modules.earlier_runs import replace_references
 from lightning_modules.models import LeNet5

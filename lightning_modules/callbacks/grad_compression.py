@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch.nn.parallel import DistributedDataParallel
 
-from ..compression.sketch import METHODS, make_hook
+from ..compression.communication.sketch import METHODS, make_hook
 from .record_fields import RecordFields
 
 

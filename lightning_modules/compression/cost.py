@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .qlayers import QLayer
+from .quantization.qlayers import QLayer
 
 
 def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

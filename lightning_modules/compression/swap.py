@@ -58,3 +58,9 @@ def swap_modules(model: nn.Module, factory: Factory, skip: Iterable[str] = TOKEN
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name), leaf, new)
     return model
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule `name` (dotted, as named_modules spells it) is."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)

@@ -4,10 +4,10 @@ schedule run by hand with a few SGD steps between the scheduled times, as the ca
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.compression.deep_compression import DeepCompressionFile
+from lightning_modules.compression.coding.deep_compression import DeepCompressionFile
 from lightning_modules.compression.method import Compose
-from lightning_modules.compression.prune import Prune
-from lightning_modules.compression.share import Share
+from lightning_modules.compression.pruning.magnitude import Prune
+from lightning_modules.compression.coding.share import Share
 
 
 def deep_compression(prune=None, share=None, huffman=True, index_bits=None, float_bits=32,

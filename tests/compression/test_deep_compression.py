@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dc_helpers import deep_compression, outputs, run_schedule
-from lightning_modules.compression.deep_compression import DeepCompressionFile
+from lightning_modules.compression.coding.deep_compression import DeepCompressionFile
 from lightning_modules.compression.errors import FileFormatError
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import LeNet5, LeNet300

@@ -12,7 +12,7 @@ import yaml
 from hydra.utils import instantiate
 
 from lightning_modules.compression import container
-from lightning_modules.compression.distill import KnowledgeDistillation, kd_loss
+from lightning_modules.compression.distillation.distill import KnowledgeDistillation, kd_loss
 from lightning_modules.compression.method import FullPrecision
 from lightning_modules.config_check import ConfigError
 from lightning_modules.earlier_runs import load_run, resolve_references
@@ -27,7 +27,7 @@ class FiveClassData:
 
 def kd(teacher=None, results_dir="results", suite=None, shape=(1, 28, 10), **kw) -> KnowledgeDistillation:
     """method=kd as run.build_method builds it: the teacher run found and rebuilt by the app."""
-    cfg = {"_target_": "lightning_modules.compression.distill.KnowledgeDistillation", "teacher": teacher, **kw}
+    cfg = {"_target_": "lightning_modules.compression.distillation.distill.KnowledgeDistillation", "teacher": teacher, **kw}
     return instantiate(resolve_references(cfg, results_dir, suite, shape), _convert_="all")
 
 

@@ -12,9 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dc_helpers import outputs, sgd_steps
 from lightning_modules.compression.errors import FileFormatError
-from lightning_modules.compression.filter_prune import (ChannelMask, FilterPrune,
-                                                        channel_groups, flops, masks)
-from lightning_modules.compression.prune import nonzero_params
+from lightning_modules.compression.pruning.channels import channel_groups
+from lightning_modules.compression.pruning.filters import ChannelMask, FilterPrune, flops, masks
+from lightning_modules.compression.pruning.magnitude import nonzero_params
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import MLP, CifarResNet, LeNet5, LeNet300, MobileNetV1, VGGSmall
 

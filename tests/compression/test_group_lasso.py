@@ -8,8 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dc_helpers import outputs, sgd_steps
 from lightning_modules.compression.errors import FileFormatError
-from lightning_modules.compression.filter_prune import channel_groups
-from lightning_modules.compression.group_lasso import GroupLasso, group_matrix, group_norms, penalty, prox
+from lightning_modules.compression.pruning.channels import channel_groups
+from lightning_modules.compression.pruning.group_lasso import GroupLasso, group_matrix, group_norms, penalty, prox
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import CifarResNet, LeNet5, MobileNetV1
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from lightning_modules.compression import huffman as H
+from lightning_modules.compression.coding import huffman as H
 
 
 def entropy_bits(s, alphabet):

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dc_helpers import outputs, sgd_steps
 from lightning_modules.compression.errors import FileFormatError
-from lightning_modules.compression.low_rank import (FactoredLinear, LowRank, Tucker2Conv,
+from lightning_modules.compression.factorization.low_rank import (FactoredLinear, LowRank, Tucker2Conv,
                                                     choose_ranks, energy_rank, factor, factored_params,
                                                     svd_factors, tucker2_factors)
 from lightning_modules.config_check import ConfigError
@@ -147,7 +147,7 @@ def test_a_layer_that_would_not_shrink_is_kept():
 
 def low_rank(init, results_dir, suite="s", **kw):
     """method=low_rank as run.build_method builds it: init_from's run found and loaded by the app."""
-    cfg = {"_target_": "lightning_modules.compression.low_rank.LowRank", "init_from": init, **kw}
+    cfg = {"_target_": "lightning_modules.compression.factorization.low_rank.LowRank", "init_from": init, **kw}
     try:
         return instantiate(resolve_references(cfg, results_dir, suite, (1, 28, 10)), _convert_="all")
     except InstantiationException as e:

@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.compression.pack import factor_rows, pack_bits, payload, unpack_bits
-from lightning_modules.compression.qlayers import QLayer
+from lightning_modules.compression.quantization.pack import factor_rows, pack_bits, payload, unpack_bits
+from lightning_modules.compression.quantization.qlayers import QLayer
 from lightning_modules.models import LeNet5
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # every quantization method in conf/method (the ones built on quant_methods.py)
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml")
-                 if "compression.quant_methods." in p.read_text())
+                 if "compression.quantization.methods." in p.read_text())
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7, 8, 12])

@@ -13,8 +13,8 @@ from torch import nn
 
 from dc_helpers import outputs, sgd_steps
 from lightning_modules.compression.errors import FileFormatError
-from lightning_modules.compression.product_quant import (ProductQuant, block_gram, em,
-                                                         objective, payload, pq_of, rows, subvectors)
+from lightning_modules.compression.quantization.pq import ProductQuant, payload
+from lightning_modules.compression.quantization.product import block_gram, em, objective, pq_of, rows, subvectors
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import CifarResNet, LeNet5
 

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from dc_helpers import prune_share, sgd_steps
-from lightning_modules.compression.prune import (Prune, agp, effective_weight, magnitude_mask,
+from lightning_modules.compression.pruning.magnitude import (Prune, agp, effective_weight, magnitude_mask,
                                                  nonzero_params, prune_layer)
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import LeNet5, LeNet300

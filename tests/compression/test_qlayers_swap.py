@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.compression import quantizers as Q
-from lightning_modules.compression.learned_quantizers import LQQuantizer, TTQQuantizer
-from lightning_modules.compression.qlayers import QConv2d, QLayer, QLinear
+from lightning_modules.compression.quantization import quantizers as Q
+from lightning_modules.compression.quantization.learned import LQQuantizer, TTQQuantizer
+from lightning_modules.compression.quantization.qlayers import QConv2d, QLayer, QLinear
 from lightning_modules.compression.swap import quantizable, swap_modules
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import CifarResNet, LeNet5, LeNet300
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 # every quantization method in conf/method (the ones built on quant_methods.py)
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml")
-                 if "compression.quant_methods." in p.read_text())
+                 if "compression.quantization.methods." in p.read_text())
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_method_yaml_puts_bn_before_quantized_layers_only(name, make_method):
                for n in ("features.0", "classifier.3"))
     # a bool only: a typo in the config is one clear line
     with pytest.raises(ConfigError, match=r"method.input_bn=yes: must be true or false"):
-        from lightning_modules.compression.quant_methods import XNOR
+        from lightning_modules.compression.quantization.methods import XNOR
         XNOR({"w": 1, "a": 1, "g": 32}, input_bn="yes")
 
 
@@ -299,7 +299,7 @@ def test_compression_package_imports_no_lightning():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in ("pytorch_lightning", "lightning") for n in names), path
-    code = ("import sys, lightning_modules.compression.quant_methods, lightning_modules.compression.pack;"
+    code = ("import sys, lightning_modules.compression.quantization.methods, lightning_modules.compression.quantization.pack;"
             "assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.compression.method import FullPrecision
-from lightning_modules.compression.qlayers import QLayer, QLinear
-from lightning_modules.compression.quant_distill import (
-    PointsQuantizer, PolinoQuant, UniformQuantizer, buckets, polino_uniform)
+from lightning_modules.compression.quantization.qlayers import QLayer, QLinear
+from lightning_modules.compression.quantization.polino import (PointsQuantizer, UniformQuantizer,
+                                                                buckets, polino_uniform)
+from lightning_modules.compression.quantization.polino_methods import PolinoQuant
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import MLP
 from hydra.errors import InstantiationException
@@ -31,7 +32,7 @@ def PMQuant(bits, bucket_size=None):
 def _composed(name, quant, teacher, results_dir, suite, alpha=0.7, temperature=2.0):
     """Compose(kd, quant) as conf/method/<name>.yaml builds it, run references built by the app."""
     cfg = {"_target_": f"{PARTS}.method.Compose", "name": name,
-           "kd": {"_target_": f"{PARTS}.distill.KnowledgeDistillation", "teacher": teacher,
+           "kd": {"_target_": f"{PARTS}.distillation.distill.KnowledgeDistillation", "teacher": teacher,
                   "alpha": alpha, "temperature": temperature, "key": "method.kd"},
            "quant": {"key": "method.quant", "name": name, **quant}}
     try:
@@ -41,14 +42,15 @@ def _composed(name, quant, teacher, results_dir, suite, alpha=0.7, temperature=2
 
 
 def QuantizedDistillation(bits, teacher=None, results_dir="results", suite=None, **quant):
-    return _composed("quantized_distillation", {"_target_": f"{PARTS}.quant_distill.PolinoQuant",
-                                                "bits": bits, "at": "train", **quant},
+    return _composed("quantized_distillation",
+                     {"_target_": f"{PARTS}.quantization.polino_methods.PolinoQuant", "bits": bits,
+                      "at": "train", **quant},
                      teacher, results_dir, suite)
 
 
 def DifferentiableQuantization(bits, teacher=None, results_dir="results", suite=None, **quant):
-    return _composed("differentiable_quantization", {"_target_": f"{PARTS}.quant_distill.LearnedPoints",
-                                                     "bits": bits, **quant},
+    return _composed("differentiable_quantization",
+                     {"_target_": f"{PARTS}.quantization.polino_methods.LearnedPoints", "bits": bits, **quant},
                      teacher, results_dir, suite)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.compression import quantizers as Q
-from lightning_modules.compression.learned_quantizers import (LQQuantizer, TTQQuantizer, code_table,
+from lightning_modules.compression.quantization import quantizers as Q
+from lightning_modules.compression.quantization.learned import (LQQuantizer, TTQQuantizer, code_table,
                                                                lq_quantize)
 
 

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from lightning_modules.compression import select as sel
-from lightning_modules.compression.deep_compression import _gap_bits
+from lightning_modules.compression.coding.deep_compression import _gap_bits
 from lightning_modules.compression.errors import ConfigError
-from lightning_modules.compression.low_rank import LowRank
-from lightning_modules.compression.product_quant import ProductQuant
-from lightning_modules.compression.prune import layers, per_layer
-from lightning_modules.compression.qlayers import QLayer
-from lightning_modules.compression.share import Share, _bits_for
+from lightning_modules.compression.factorization.low_rank import LowRank
+from lightning_modules.compression.quantization.pq import ProductQuant
+from lightning_modules.compression.pruning.magnitude import layers, per_layer
+from lightning_modules.compression.quantization.qlayers import QLayer
+from lightning_modules.compression.coding.share import Share, _bits_for
 from lightning_modules.models import (CifarResNet, LeNet5, LeNet300, MLP, MobileNetV1, ShuffleNet,
                                       SSPQNet, mobilenet_v2, resnet)
 

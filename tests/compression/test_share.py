@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dc_helpers import prune_share, sgd_steps
-from lightning_modules.compression.prune import effective_weight
-from lightning_modules.compression.share import Share, kmeans_1d, sharing
+from lightning_modules.compression.pruning.magnitude import effective_weight
+from lightning_modules.compression.coding.share import Share, kmeans_1d, sharing
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import LeNet5, LeNet300
 

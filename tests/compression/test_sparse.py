@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lightning_modules.compression.sparse import (SparseError, decode_positions, encode_positions,
+from lightning_modules.compression.coding.sparse import (SparseError, decode_positions, encode_positions,
                                                   from_sparse, to_sparse)
 
 

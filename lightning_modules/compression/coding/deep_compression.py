@@ -20,9 +20,9 @@ from pathlib import Path
 from torch import nn
 
 from . import compressed_file
-from .errors import ConfigError, FileFormatError
-from .method import Method, state_mismatch
-from .prune import nonzero_params, strip
+from ..errors import ConfigError, FileFormatError
+from ..method import Method, state_mismatch
+from ..pruning.magnitude import nonzero_params, strip
 
 __all__ = ["DeepCompressionFile", "nonzero_params"]
 GAP_BITS = {"conv": 8, "fc": 5}  # paper, Sec. 2: relative index width

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import container, huffman
-from .errors import FileFormatError
-from .pack import pack_bits, unpack_bits
-from .prune import is_masked, plain_state_dict
+from .. import container
+from . import huffman
+from ..errors import FileFormatError
+from ..quantization.pack import pack_bits, unpack_bits
+from ..pruning.magnitude import is_masked, plain_state_dict
 from .share import is_shared, sharing
 from .sparse import from_sparse, to_sparse
 

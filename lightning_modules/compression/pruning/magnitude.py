@@ -33,10 +33,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from .errors import ConfigError
-from .method import Method
-from .schedule import Schedule
-from .swap import quantizable, resolve_skip
+from ..errors import ConfigError
+from ..method import Method
+from ..schedule import Schedule
+from ..swap import quantizable, resolve_skip
 
 
 def broadcast_(t: torch.Tensor) -> torch.Tensor:

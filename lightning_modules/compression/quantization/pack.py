@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import container
-from .errors import FileFormatError
+from .. import container
+from ..errors import FileFormatError
 from .qlayers import QLayer
 
 KIND = "packed"  # container.py kind (before it: a torch.save dict of format "lwb-packed-1")

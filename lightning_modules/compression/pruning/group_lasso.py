@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .filter_prune import FilterPrune, Group, channel_groups, shrink, width
-from .method import Method
+from ..errors import ConfigError
+from .channels import Group, channel_groups, shrink, width
+from .filters import FilterPrune
+from ..method import Method
 
 
 def members(model: nn.Module, g: Group) -> list[tuple[torch.Tensor, int]]:

@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import container
-from .errors import ConfigError, FileFormatError
-from .filter_prune import _replace
-from .method import Method, state_mismatch
-from .prune import layers
+from .. import container
+from ..errors import ConfigError, FileFormatError
+from ..swap import replace_module
+from ..method import Method, state_mismatch
+from ..pruning.magnitude import layers
 
 KIND = "low_rank"  # container.py kind (before it: MAGIC LWBLR1 | u64 | torch.save | crc32)
 KINDS = ("fc", "conv")
@@ -195,7 +195,7 @@ class LowRank(Method):
             if factored_params(layer, ranks) >= layer.weight.numel():
                 log.info("low rank  %s: ranks %s would not be smaller, kept", name, ranks)
                 continue
-            _replace(model, name, factor(layer, ranks))
+            replace_module(model, name, factor(layer, ranks))
             self.ranks[name] = ranks
             log.info("low rank  %s: ranks %s, %d -> %d weights", name, ranks, layer.weight.numel(),
                      factored_params(layer, ranks))
@@ -220,7 +220,7 @@ class LowRank(Method):
                 n = 1 if isinstance(layer, nn.Linear) else 2 if isinstance(layer, nn.Conv2d) else 0
                 if len(ranks) != n or not all(isinstance(r, int) and r >= 1 for r in ranks):
                     raise ValueError(f"{name}: ranks {ranks}")
-                _replace(out, name, _empty(layer, ranks))
+                replace_module(out, name, _empty(layer, ranks))
         except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise fail(f"does not match the model ({err})") from None
         if not isinstance(blob.get("state"), dict):

@@ -31,21 +31,17 @@ Loading rebuilds w_q with the forward pass's own arithmetic: identical predictio
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import container
-from .errors import ConfigError, FileFormatError
-from .method import Method, state_mismatch
+from .. import container
+from ..errors import FileFormatError
 from .pack import pack_bits, unpack_bits
-from .qlayers import QConv2d, QLayer, QLinear
-from .quant_methods import check_bits
+from .qlayers import QLayer
 from .quantizers import float32_math, ste
-from .swap import swap_modules
 
 VALID_BITS = {"w": range(1, 17), "a": (32,), "g": (32,)}
 
@@ -248,131 +244,3 @@ def load_codes(model: nn.Module, path: str | Path) -> nn.Module:
         raise FileFormatError(f"{path}: does not match the model ({str(err).splitlines()[-1].strip()})") from None
     return model
 
-
-# --- the methods -----------------------------------------------------------------------------
-
-def _check_bucket(bucket_size, key: str = "method") -> int | None:
-    ok = bucket_size is None or (isinstance(bucket_size, int) and not isinstance(bucket_size, bool)
-                                 and bucket_size >= 1)
-    if not ok:
-        raise ConfigError(f"{key}.bucket_size={bucket_size}: must be null (one bucket: the whole "
-                          "tensor) or an integer >= 1 (weights per bucket)")
-    return bucket_size
-
-
-def _check_bool(key: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value}: must be true or false")
-    return value
-
-
-def swap_quantized(model: nn.Module, make_quant, skip: Sequence[str]) -> nn.Module:
-    """Every Conv2d/Linear not in `skip` -> QConv2d/QLinear with weight_quant=make_quant(layer)."""
-    def factory(name, layer):
-        cls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
-        return cls.from_float(layer, weight_quant=make_quant(layer))
-    return swap_modules(model, factory, skip)
-
-
-class PolinoQuant(Method):
-    """Uniform b-bit weights, bucketed min-max scaling (Polino et al. 2018, Sec. 2.1).
-
-    at="train": the forward pass uses the quantized weights from the start (the straight-through
-    gradient updates full-precision shadow weights; quantized distillation's quantizer part,
-    `stochastic` rounding while training optional); at="end": the net trains in full precision
-    and `finalize` quantizes it ("PM Quant.", the paper's baseline: `method=pm_quant`).
-    Exported as b-bit codes (`export_codes`)."""
-
-    def __init__(self, bits: Mapping, bucket_size: int | None = None, stochastic: bool = False,
-                 at: str = "train", skip: Sequence[str] = (), key: str = "method",
-                 name: str = "polino_quant"):
-        super().__init__(name)
-        self.bits = check_bits(name, bits, VALID_BITS)
-        self.bucket_size, self.skip = _check_bucket(bucket_size, key), list(skip)
-        self.stochastic = _check_bool(f"{key}.stochastic", stochastic)
-        if at not in ("train", "end"):
-            raise ConfigError(f"{key}.at={at}: valid: train (quantized forward while training), "
-                              "end (quantize after training)")
-        self.at = at
-
-    def _swap(self, model: nn.Module, stochastic: bool) -> nn.Module:
-        return swap_quantized(
-            model, lambda layer: UniformQuantizer(self.bits["w"], self.bucket_size, stochastic), self.skip)
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        return self._swap(model, self.stochastic) if self.at == "train" else model
-
-    def finalize(self, model: nn.Module) -> nn.Module:
-        return self._swap(model, False) if self.at == "end" else model
-
-    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return _weight_bits(model, self.bits["w"])
-
-    def export(self, model: nn.Module, path: str | Path) -> Path:
-        return export_codes(model, path)
-
-    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        if not any(isinstance(m, QLayer) for m in model.modules()):
-            model = self._swap(model, False)
-        return load_codes(model, path)
-
-    def __repr__(self) -> str:
-        return f"PolinoQuant(W{self.bits['w']}, bucket_size={self.bucket_size}, at={self.at}, skip={self.skip})"
-
-
-class LearnedPoints(Method):
-    """Differentiable quantization's quantizer part (Polino et al. 2018, Sec. 2.2): each layer's
-    2^b points are learned by gradient descent (on the distillation loss of the `kd` part). As in
-    the paper (and its reference code) the weights come from a trained full-precision student
-    (`start_from`: its state dict, handed over by the harness from an earlier run) and stay fixed:
-    only the points train; `train_weights=true` also trains the weights (STE), e.g. from scratch."""
-
-    def __init__(self, bits: Mapping, bucket_size: int | None = 256, points_init: str = "quantiles",
-                 start_from: Mapping | None = None, train_weights: bool = False,
-                 skip: Sequence[str] = (), key: str = "method", name: str = "learned_points"):
-        super().__init__(name)
-        self.bits = check_bits(name, bits, VALID_BITS)
-        self.bucket_size, self.skip, self.key = _check_bucket(bucket_size, key), list(skip), key
-        if points_init not in ("quantiles", "uniform"):
-            raise ConfigError(f"{key}.points_init={points_init}: valid: quantiles, uniform")
-        self.points_init = points_init
-        self.train_weights = _check_bool(f"{key}.train_weights", train_weights)
-        self.start_from = None if start_from is None else dict(start_from)
-
-    def _swap(self, model: nn.Module) -> nn.Module:
-        return swap_quantized(
-            model, lambda layer: PointsQuantizer.for_weight(
-                layer.weight, self.bits["w"], self.bucket_size, self.points_init, self.train_weights),
-            self.skip)
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        if self.start_from is None and not self.train_weights:
-            raise ConfigError(f"{self.key}.start_from=null: with train_weights=false the weights stay as "
-                              "initialised; valid: the run name, run directory or model file of a "
-                              f"trained full-precision student (or set {self.key}.train_weights=true)")
-        if self.start_from is not None:
-            if (k := state_mismatch(model, self.start_from)) is not None:
-                raise ConfigError(f"{self.key}.start_from: its weights do not fit this model ({k}); valid: "
-                                  "a full-precision run (fp32 or kd) of the same model")
-            model.load_state_dict(self.start_from)
-        model = self._swap(model)
-        if not self.train_weights:
-            for name, p in model.named_parameters():
-                p.requires_grad_(name.endswith("weight_quant.points"))
-        return model
-
-    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return _weight_bits(model, self.bits["w"])
-
-    def export(self, model: nn.Module, path: str | Path) -> Path:
-        return export_codes(model, path)
-
-    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        if not any(isinstance(m, QLayer) for m in model.modules()):
-            model = self._swap(model)
-        return load_codes(model, path)
-
-
-def _weight_bits(model: nn.Module, w: int) -> dict[str, dict[str, int]]:
-    return {n: {"w": w, "a": 32, "g": 32} for n, m in model.named_modules()
-            if isinstance(m, QLayer) and m.weight_quant is not None}

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .method import Method
+from ..errors import ConfigError
+from ..method import Method
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError
-from .method import Method
-from .prune import broadcast_, is_masked, layers
-from .schedule import Schedule
+from ..errors import ConfigError
+from ..method import Method
+from ..pruning.magnitude import broadcast_, is_masked, layers
+from ..schedule import Schedule
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Factorisation: low-rank approximation of trained layers (truncated SVD, Tucker-2)."""
