@@ -20,14 +20,15 @@ by default) that at least one rule matches, in registration order; `quantize` de
 Every name pattern must match a candidate (a typo is a ConfigError naming the key); a rule
 selected by type alone may match nothing (a `type: linear` rule on an all-conv net is harmless).
 
-A method uses it as
+Every method that chooses layers takes such a list as its `layers` argument (its YAML shows the
+default, e.g. the quantization methods' first/last full-precision rules) and uses it as
 
-    rules = parse(DEFAULT_QUANT_RULES, "default") + parse(cfg_layers, "method.layers")
-    p = plan(model, rules)          # {"layer1.0.conv1": {"quantize": True, "bits": {...}}, ...}
+    p = plan(model, self.rules)     # {"layer1.0.conv1": {"quantize": True, "bits": {...}}, ...}
     for name in selected(p): ...    # the layers it touches, with p[name]'s settings
 
-Today's YAML keys are presets of this grammar: `from_skip`, `from_layers`, `from_kinds`,
-`from_kind_map`, `from_per_layer`; `DEFAULT_QUANT_RULES` is the quantization methods' default.
+The older per-kind maps (`{conv: 8, fc: 5}` bits of weight sharing, PQ's block sizes) and
+pruning's per-layer sparsities (a number, a list, a {name: value} map) are rules too
+(`from_kind_map`, `from_per_layer`), placed before the `layers` rules so that those override them.
 """
 from __future__ import annotations
 
@@ -180,35 +181,14 @@ def selected(p: Mapping[str, Mapping]) -> list[str]:
     return [n for n, s in p.items() if s.get("quantize", True)]
 
 
-# --- today's keys as presets (each returns parsed rules; errors keep naming today's key) --------
-
-def _off(skip: Iterable[str], key: str) -> list[Rule]:
-    """`skip: [first, last, <names>]`: those layers stay float (swap.resolve_skip)."""
-    return [replace(r, where=f"{key}[{i}]")
-            for i, r in enumerate(parse([{"name": s, "quantize": False} for s in skip], key))]
-
-
-def from_skip(skip: Iterable[str] = TOKENS, key: str = "method.skip") -> list[Rule]:
-    """Every candidate layer but `skip` (the methods' `skip` key)."""
-    return parse(ALL, key) + _off(skip, key)
+def choose(model: nn.Module, rules: Iterable[Rule | Mapping], key: str = "method.layers"
+           ) -> dict[str, dict]:
+    """{name: settings} of the layers the rules select (quantize not false), in order."""
+    p = plan(model, rules, key=key)
+    return {n: p[n] for n in selected(p)}
 
 
-def from_layers(layers: str = "all", skip: Iterable[str] = TOKENS, key: str = "method") -> list[Rule]:
-    """QuantMethod's `layers: all | pointwise` (1x1 convs with groups=1 only) and its `skip`."""
-    if layers not in ("all", "pointwise"):
-        raise ConfigError(f"{key}.layers={layers}: valid: all, pointwise")
-    base = ALL if layers == "all" else [{"type": "pointwise", "quantize": True}]
-    return parse(base, f"{key}.layers") + _off(skip, f"{key}.skip")
-
-
-def from_kinds(kinds: Sequence[str] = ("fc", "conv"), skip: Iterable[str] = (),
-               key: str = "method") -> list[Rule]:
-    """low_rank's `kinds: [fc, conv]` (fc: Linear layers, conv: Conv2d layers) and its `skip`."""
-    if isinstance(kinds, str) or any(k not in ("fc", "conv") for k in kinds):
-        raise ConfigError(f"{key}.kinds={kinds}: a list of fc, conv "
-                          "(fc: SVD of Linear layers, conv: Tucker-2 of Conv2d layers)")
-    return parse([{"type": k, "quantize": True} for k in kinds], f"{key}.kinds") + _off(skip, f"{key}.skip")
-
+# --- maps of per-layer settings as rules --------------------------------------------------------
 
 def _flat(tree: Mapping, prefix: str = "") -> dict:
     """{classifier: {1: 8}} -> {"classifier.1": 8} (a dotted override nests the layer name)."""

@@ -140,7 +140,8 @@ def test_a_layer_that_would_not_shrink_is_kept():
     method = LowRank(energy=1.0)
     net = method.apply(LeNet300())  # random weights: full rank everywhere
     assert method.ranks == {} and all(type(m) is not FactoredLinear for m in net.modules())
-    method = LowRank(energy=None, params_ratio=0.5, kinds=["conv"], skip=["features.2"])
+    method = LowRank(energy=None, params_ratio=0.5,
+                     layers=[{"type": "conv"}, {"name": "features.2", "quantize": False}])
     net = method.apply(LeNet5())
     assert list(method.ranks) == ["features.0"] and type(net.classifier[1]) is nn.Linear
 
@@ -238,8 +239,8 @@ def test_file_of_another_model_or_format(tmp_path):
     ({"energy": 0}, "method.energy=0: must be a number in (0, 1]"),
     ({"energy": 1.5}, "method.energy=1.5"),
     ({"energy": None, "params_ratio": 2}, "method.params_ratio=2: must be a number in (0, 1]"),
-    ({"kinds": ["fc", "attention"]}, "method.kinds=['fc', 'attention']: a list of fc, conv"),
-    ({"kinds": "fc"}, "method.kinds=fc"),
+    ({"layers": [{"type": ["linear", "attention"]}]}, "method.layers[0].type=attention: valid: conv, linear"),
+    ({"layers": {"type": "linear"}}, "method.layers={'type': 'linear'}: must be a list of rules"),
 ])
 def test_bad_config_is_one_line(kw, msg):
     with pytest.raises(ConfigError) as e:

@@ -111,7 +111,7 @@ def test_weights_are_codewords_and_fine_tuning_moves_only_the_codebooks():
 
 
 def test_small_layers_get_the_largest_power_of_two_below_their_sub_vectors():
-    method = ProductQuant(centroids=256, skip=[])
+    method = ProductQuant(centroids=256, layers=[{"name": "*"}])
     net = method.apply(LeNet5())
     assert pq_of(net.features[0]).codebook.shape == (16, 25)  # 20 kernels of 5x5 -> k = 16
     assert pq_of(net.features[2]).codebook.shape == (256, 25)  # 1000 kernels

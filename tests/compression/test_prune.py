@@ -56,8 +56,9 @@ def test_per_layer_ratio_as_configured():
     assert nonzero_params(net) == kept + 410  # + biases (300 + 100 + 10), non-zero by init
 
 
-def test_dict_config_with_default_and_skip():
-    method = Prune(sparsity={"default": 0.5, "features.0": 0.2}, skip=["last"], start=0, end=0)
+def test_dict_config_with_default_and_a_layer_kept_by_a_rule():
+    method = Prune(sparsity={"default": 0.5, "features.0": 0.2},
+                   layers=[{"name": "*"}, {"name": "last", "quantize": False}], start=0, end=0)
     net = method.apply(LeNet5())
     method.on_time(net, 0, "epoch")
     assert zero_fraction(net.features[0]) == pytest.approx(0.2)

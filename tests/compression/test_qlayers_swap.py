@@ -13,7 +13,8 @@ from torch import nn
 from lightning_modules.compression.quantization import quantizers as Q
 from lightning_modules.compression.quantization.learned import LQQuantizer, TTQQuantizer
 from lightning_modules.compression.quantization.qlayers import QConv2d, QLayer, QLinear
-from lightning_modules.compression.swap import quantizable, swap_modules
+from lightning_modules.compression.select import DEFAULT_QUANT_RULES, candidates, choose
+from lightning_modules.compression.swap import swap_modules
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import CifarResNet, LeNet5, LeNet300
 
@@ -193,39 +194,39 @@ def _factory(name, m):
 
 
 @pytest.mark.parametrize("net", sorted(NETS))
-def test_swap_keeps_shapes_and_skips_first_and_last(net):
+def test_swap_keeps_shapes_and_leaves_the_unnamed_layers(net):
     torch.manual_seed(0)
     model = NETS[net]().eval()
-    layers = quantizable(model)
+    layers = candidates(model)
     first, last = layers[0], layers[-1]
     x = torch.randn(2, 1, 28, 28)
     shape = model(x).shape
-    model = swap_modules(model, _factory, skip=["first", "last"])
+    model = swap_modules(model, _factory, [n for n, _ in layers[1:-1]])
     assert model(x).shape == shape == (2, 10)
     assert model.get_submodule(first[0]) is first[1] and model.get_submodule(last[0]) is last[1]
     swapped = [n for n, m in model.named_modules() if isinstance(m, QLayer)]
     assert swapped == [n for n, _ in layers[1:-1]] and len(swapped) >= 1
-    assert quantizable(model) == [first, last]
+    assert candidates(model) == [first, last]
 
 
-def test_swap_explicit_names_and_unknown_name():
+def test_swap_names_chosen_by_rules_and_an_unknown_name():
     model = LeNet5()
     keep = model.features[2]
-    model = swap_modules(model, _factory, skip=["features.2"])
+    model = swap_modules(model, _factory, choose(model, [{"name": "*"}, {"name": "features.2", "quantize": False}]))
     assert model.features[2] is keep
     assert isinstance(model.features[0], QConv2d) and isinstance(model.classifier[3], QLinear)
     with pytest.raises(ConfigError) as e:
-        swap_modules(LeNet5(), _factory, skip=["features.9"])
+        choose(LeNet5(), [{"name": "features.9", "quantize": False}])
     assert "features.9" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_swap_torchvision_resnet():
     import torchvision
     model = torchvision.models.resnet18(num_classes=10).eval()
-    n = len(quantizable(model))
-    model = swap_modules(model, _factory)
+    n = len(candidates(model))
+    model = swap_modules(model, _factory, choose(model, DEFAULT_QUANT_RULES))
     assert isinstance(model.layer1[0].conv1, QConv2d) and type(model.conv1) is nn.Conv2d
-    assert type(model.fc) is nn.Linear and len(quantizable(model)) == 2 < n
+    assert type(model.fc) is nn.Linear and len(candidates(model)) == 2 < n
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
@@ -240,7 +241,7 @@ def test_method_yaml_applies_and_trains(name, make_method):
     torch.manual_seed(0)
     method = make_method(name)
     assert method.name == name
-    if method.layers == "pointwise":  # sspq: 1x1 convs only; LeNet-5 has none (see test_compact_models.py)
+    if name == "sspq":  # 1x1 convs only (its layers rules); LeNet-5 has none (see test_compact_models.py)
         assert not any(isinstance(m, QLayer) for m in method.apply(LeNet5()).modules())
         return
     model = method.apply(LeNet5())
@@ -292,13 +293,24 @@ def test_binaryconnect_clips_after_each_step(make_method):
 
 
 @pytest.mark.slow
-def test_compression_package_imports_no_lightning():
+def test_compression_package_is_a_leaf():
+    """compression/ imports nothing from the app (config_check, callbacks, models, run, earlier
+    runs) and neither Lightning nor Hydra: every import, module-level or not, resolves inside the
+    package or to torch, numpy and the standard library."""
     pkg = ROOT / "lightning_modules" / "compression"
-    for path in pkg.glob("*.py"):
-        for node in ast.parse(path.read_text()).body:  # module-level imports only
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n.split(".")[0] in ("pytorch_lightning", "lightning") for n in names), path
+    allowed = {"torch", "numpy", "__future__"}
+    for path in pkg.rglob("*.py"):
+        here = ["lightning_modules", *path.relative_to(ROOT / "lightning_modules").parent.parts]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[:len(here) - node.level + 1]
+                target = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+                assert target.startswith("lightning_modules.compression"), (path, target)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                for n in names:
+                    top = n.split(".")[0]
+                    assert top in allowed or top in sys.stdlib_module_names, (path, n)
     code = ("import sys, lightning_modules.compression.quantization.methods, lightning_modules.compression.quantization.pack;"
             "assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -1,5 +1,6 @@
-"""The layer-selection grammar (compression/select.py): today's keys as presets select exactly the
-layers and values today's code selects, on our nets and torchvision's; override order; errors."""
+"""The layer-selection grammar (compression/select.py): what the methods select with it (quantized
+layers, factored ranks, shared bits, PQ block sizes, pruning sparsities), on our nets and
+torchvision's; override order; errors."""
 import copy
 
 import pytest
@@ -7,13 +8,13 @@ import torch
 from torch import nn
 
 from lightning_modules.compression import select as sel
-from lightning_modules.compression.coding.deep_compression import _gap_bits
 from lightning_modules.compression.errors import ConfigError
 from lightning_modules.compression.factorization.low_rank import LowRank
 from lightning_modules.compression.quantization.pq import ProductQuant
-from lightning_modules.compression.pruning.magnitude import layers, per_layer
+from lightning_modules.compression.pruning.magnitude import Prune
 from lightning_modules.compression.quantization.qlayers import QLayer
-from lightning_modules.compression.coding.share import Share, _bits_for
+from lightning_modules.compression.coding.share import Share, sharing
+from lightning_modules.compression.quantization.product import pq_of
 from lightning_modules.models import (CifarResNet, LeNet5, LeNet300, MLP, MobileNetV1, ShuffleNet,
                                       SSPQNet, mobilenet_v2, resnet)
 
@@ -47,27 +48,29 @@ def skips(model):
     return [[], ["first"], ["last"], ["first", "last"], ["first", "last", middle(model)]]
 
 
-# --- presets == today's code ------------------------------------------------------------------
+# --- the methods select layers by these rules --------------------------------------------------
 
-def test_skip_selects_the_layers_resolve_skip_leaves(net):
-    for skip in skips(net):
-        want = [n for n, _ in layers(net, skip)]
-        assert sel.selected(sel.plan(net, sel.from_skip(skip))) == want, skip
-    assert sel.selected(sel.plan(net, sel.parse(sel.DEFAULT_QUANT_RULES))) == \
-        [n for n, _ in layers(net, ["first", "last"])]
+def test_default_quant_rules_keep_the_first_and_last_layer_float(net):
+    names = [n for n, _ in sel.candidates(net)]
+    assert sel.selected(sel.plan(net, sel.parse(sel.DEFAULT_QUANT_RULES))) == names[1:-1]
+    keep = ["first", "last", middle(net)]
+    rules = sel.ALL + [{"name": k, "quantize": False} for k in keep]
+    assert sel.selected(sel.plan(net, rules)) == [n for n in names[1:-1] if n != middle(net)]
 
 
 @pytest.mark.parametrize("method", ["xnor", "sspq"])
-def test_layers_all_and_pointwise_select_what_the_quant_methods_swap(net, method, make_method):
-    """xnor: layers: all; sspq: layers: pointwise (1x1 convs, groups=1); both skip first, last."""
+def test_quant_methods_swap_exactly_the_layers_their_yaml_rules_choose(net, method, make_method):
+    """xnor: every Conv2d/Linear; sspq: the 1x1 convs with one group; both keep first, last float."""
     quant = make_method(method)
     swapped = [n for n, m in quant.apply(copy.deepcopy(net)).named_modules() if isinstance(m, QLayer)]
-    rules = sel.from_layers(quant.layers, quant.skip)
-    assert sel.selected(sel.plan(net, rules)) == swapped
+    names = [n for n, m in sel.candidates(net)][1:-1]
+    if method == "sspq":
+        names = [n for n in names if sel.is_type(net.get_submodule(n), "pointwise")]
+    assert swapped == names
 
 
 def test_pointwise_selects_1x1_convs_with_one_group_only(net):
-    got = sel.selected(sel.plan(net, sel.from_layers("pointwise", [])))
+    got = sel.selected(sel.plan(net, [{"type": "pointwise"}]))
     for n, m in sel.candidates(net):
         pw = isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
         assert (n in got) == pw
@@ -75,67 +78,78 @@ def test_pointwise_selects_1x1_convs_with_one_group_only(net):
         assert any(m.groups > 1 and m.kernel_size == (1, 1) for _, m in sel.candidates(net))
 
 
-@pytest.mark.parametrize("kinds", [["fc", "conv"], ["fc"], ["conv"], []])
-def test_kinds_select_low_ranks_layers(net, kinds):
-    """low_rank.apply: the layers not skipped whose kind (fc: Linear, conv: Conv2d) is listed."""
-    for skip in skips(net):
-        want = [n for n, m in layers(net, skip) if ("fc" if isinstance(m, nn.Linear) else "conv") in kinds]
-        assert sel.selected(sel.plan(net, sel.from_kinds(kinds, skip))) == want
-    LowRank(kinds=kinds)  # today's validation accepts the same lists
+@pytest.mark.parametrize("types", [["linear", "conv"], ["linear"]])
+def test_low_rank_factors_only_the_layers_its_rules_choose(types):
+    torch.manual_seed(0)
+    net = LeNet5()
+    method = LowRank(energy=None, params_ratio=0.3, layers=[{"type": types}, {"name": "last", "quantize": False}])
+    method.apply(net)
+    want = [n for n, m in sel.candidates(LeNet5())[:-1] if any(sel.is_type(m, t) for t in types)]
+    assert list(method.ranks) == want
 
 
-def test_kind_map_gives_share_and_deep_compression_bits(net):
-    for bits in ({"conv": 8, "fc": 5}, {"conv": 2, "fc": 7}):
-        sched = Share(bits=bits, skip=["first"])
-        rules = sel.from_skip(sched.skip) + sel.from_kind_map(sched.bits, "bits.w", "method.share.bits")
-        p = sel.plan(net, rules)
-        got = {n: p[n]["bits"]["w"] for n in sel.selected(p)}
-        assert got == {n: _bits_for(m, sched.bits) for n, m in layers(net, sched.skip)}
-        gap = _gap_bits(bits, "method.code")  # index_bits: compressed_file takes gap["conv"] for a Conv2d, else "fc"
-        p = sel.plan(net, sel.from_kind_map(gap, "index_bits", "method.index_bits"))
-        assert {n: s["index_bits"] for n, s in p.items()} == \
-            {n: gap["conv"] if isinstance(m, nn.Conv2d) else gap["fc"] for n, m in sel.candidates(net)}
+def test_a_rank_rule_fixes_that_layers_rank():
+    torch.manual_seed(0)
+    method = LowRank(layers=[{"type": ["linear", "conv"]}, {"name": "classifier.1", "rank": 7},
+                             {"name": "features.2", "rank": 3}])
+    method.apply(LeNet5())
+    assert method.ranks["classifier.1"] == [7] and method.ranks["features.2"] == [3, 3]
 
 
-def test_kind_map_gives_product_quants_block_size_names_overriding_kinds(net):
+def test_share_bits_per_kind_and_a_rule_for_one_layer(net):
+    torch.manual_seed(0)
     names = [n for n, _ in sel.candidates(net)]
-    linear = next(n for n, m in sel.candidates(net) if isinstance(m, nn.Linear))
-    conv = next((n for n, m in sel.candidates(net)
-                 if isinstance(m, nn.Conv2d) and m.weight[0].numel() % 2 == 0), None)
-    nested = {}
-    for n in filter(None, (linear, conv)):  # {classifier: {1: 2}}: a dotted name nests (pq's _flat)
-        *head, leaf = n.split(".")
-        d = nested
-        for h in head:
-            d = d.setdefault(h, {})
-        d[leaf] = 2
-    for block_size in ({"conv": "kernel", "fc": 1}, {"conv": 1, "fc": 1, **nested}):
-        pq = ProductQuant(block_size=block_size, skip=[])
-        p = sel.plan(net, sel.from_kind_map(block_size, "block_size", "method.block_size"))
-        assert list(p) == names
-        for n, m in sel.candidates(net):
-            d = p[n]["block_size"]
-            assert pq.block_of(n, m) == (m.weight[0, 0].numel() if d == "kernel" else d)
+    method = Share(bits={"conv": 6, "fc": 3}, layers=[{"name": "*"}, {"name": "first", "quantize": False},
+                                                       {"name": "last", "bits": {"w": 2}}])
+    shared = method.apply(copy.deepcopy(net))
+    assert method.names == names[1:]
+    for n in names[1:]:
+        m = shared.get_submodule(n)
+        want = 2 if n == names[-1] else 6 if isinstance(m, nn.Conv2d) else 3
+        assert sharing(m).centroids.numel() == 2 ** want, n
 
 
-@pytest.mark.parametrize("value", [0.5, 0, [0.1, 0.2, 0.3, 0.4], {"default": 0.3, "net.3": 0.9},
-                                   {"net.1": 0.1, "net.3": 0.2, "net.5": 0.3, "net.7": 0.4}])
-def test_per_layer_gives_prunes_values(value):
+def test_product_quant_block_sizes_by_kind_name_and_rule(net):
+    """The block-size map (per kind, a dotted layer name nested as a Hydra override nests it), then
+    the `layers` rules (later: they override the map)."""
+    linears = [n for n, m in sel.candidates(net) if isinstance(m, nn.Linear)]
+    first_linear, last = linears[0], sel.candidates(net)[-1][0]
+    *head, leaf = first_linear.split(".")
+    nested = {leaf: 1}
+    for h in reversed(head):  # {classifier: {1: 1}}
+        nested = {h: nested}
+    method = ProductQuant(centroids=2, block_size={"conv": "kernel", "fc": 2, **nested},
+                          layers=[{"name": "*"}, {"name": "last", "block_size": 1}])
+    quantized = method.apply(copy.deepcopy(net))
+    for n, m in sel.candidates(net):
+        d = 1 if n in (first_linear, last) else 2 if isinstance(m, nn.Linear) else m.weight[0, 0].numel()
+        assert pq_of(quantized.get_submodule(n)).codebook.shape[1] == d, n
+
+
+@pytest.mark.parametrize("value,want", [
+    (0.5, [0.5, 0.5, 0.5, 0.5]), (0, [0.0, 0.0, 0.0, 0.0]), ([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]),
+    ({"default": 0.3, "net.3": 0.9}, [0.3, 0.9, 0.3, 0.3]),
+    ({"net.1": 0.1, "net.3": 0.2, "net.5": 0.3, "net.7": 0.4}, [0.1, 0.2, 0.3, 0.4])])
+def test_per_layer_sparsity_a_number_a_list_or_a_map(value, want):
     net = MLP(hidden=(16, 16, 16))
-    names = [n for n, _ in layers(net, [])]
-    p = sel.plan(net, sel.from_skip([]) + sel.from_per_layer(value, names))
-    assert {n: p[n]["sparsity"] for n in names} == per_layer(value, names, "method.sparsity", 0.0, 1.0)
+    names = [n for n, _ in sel.candidates(net)]
+    p = sel.plan(net, sel.from_per_layer(value, names))
+    assert [p[n]["sparsity"] for n in names] == want
+    method = Prune(sparsity=value, layers=[{"name": "*"}, {"name": "net.5", "sparsity": 0.75}])
+    method.apply(net)
+    assert list(method.targets.values()) == [*want[:2], 0.75, want[3]]  # the rule overrides
 
 
-@pytest.mark.parametrize("value", [[0.1, 0.2], {"net.9": 0.5, "default": 0.1}, {"net.1": 0.5},
-                                   1.5, "half", True, {"default": -0.1}])
-def test_per_layer_errors_are_prunes_errors(value):
-    names = [n for n, _ in layers(MLP(hidden=(16, 16, 16)), [])]
-    with pytest.raises(ConfigError) as want:
-        per_layer(value, names, "method.sparsity", 0.0, 1.0)
-    with pytest.raises(ConfigError) as got:
+@pytest.mark.parametrize("value,msg", [
+    ([0.1, 0.2], r"method.sparsity=\[0.1, 0.2\]: needs 4 values, one per layer"),
+    ({"net.9": 0.5, "default": 0.1}, "method.sparsity.net.9: not a pruned layer"),
+    ({"net.1": 0.5}, "give every layer"), (1.5, r"method.sparsity=1.5 \(layer net.1\): must be a number in"),
+    ("half", "method.sparsity=half"), (True, "method.sparsity=True"), ({"default": -0.1}, "-0.1")])
+def test_per_layer_errors(value, msg):
+    names = [n for n, _ in sel.candidates(MLP(hidden=(16, 16, 16)))]
+    with pytest.raises(ConfigError, match=msg) as e:
         sel.from_per_layer(value, names)
-    assert str(got.value) == str(want.value)
+    assert "\n" not in str(e.value)
 
 
 def test_quality_is_an_extra_setting_with_its_own_range():
@@ -210,12 +224,8 @@ def test_valid_edges_and_preset_errors():
     p = sel.plan(net, sel.parse([{"bits": {"w": 1, "a": 32}, "sparsity": 1, "rank": 1.0}]))
     assert p["fc"] == {"quantize": True, "bits": {"w": 1, "a": 32}, "sparsity": 1, "rank": 1.0}
     assert sel.plan(LeNet5(), sel.parse([{"type": "pointwise", "quantize": True}])) == {}  # type only
-    with pytest.raises(ConfigError, match=r"^method.skip\[1\]=layers.9.conv1: matches no Conv2d/Linear"):
-        sel.plan(net, sel.from_skip(["first", "layers.9.conv1"]))
-    with pytest.raises(ConfigError, match=r"^method.layers=some: valid: all, pointwise"):
-        sel.from_layers("some")
-    with pytest.raises(ConfigError, match=r"^method.kinds=fc: a list of fc, conv"):
-        sel.from_kinds("fc")
+    with pytest.raises(ConfigError, match=r"^method.layers\[1\].name=layers.9.conv1: matches no Conv2d/Linear"):
+        sel.plan(net, sel.parse([{"name": "first"}, {"name": "layers.9.conv1", "quantize": False}]))
     with pytest.raises(ConfigError, match=r"^method.block_size=\{'conv': 4\}: needs the keys conv and fc"):
         sel.from_kind_map({"conv": 4}, "block_size", "method.block_size")
     with pytest.raises(ConfigError, match=r"^method.block_size=fc9: matches no Conv2d/Linear layer"):

@@ -31,8 +31,9 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..method import Method
-from ..pruning.magnitude import broadcast_, is_masked, layers
+from ..pruning.magnitude import broadcast_, is_masked
 from ..schedule import Schedule
+from ..select import ALL, choose, from_kind_map, parse
 
 
 @torch.no_grad()
@@ -122,16 +123,14 @@ def share_layer(module: nn.Module, iters: int = 50) -> WeightSharing:
     return s
 
 
-def _bits_for(module: nn.Module, bits: Mapping[str, int]) -> int:
-    return bits["conv"] if isinstance(module, nn.Conv2d) else bits["fc"]
-
-
 class Share(Method):
     """k-means weight sharing as a method part (`method=share`, Deep Compression's second part):
-    bits: {conv: b, fc: b}; skip: layers never shared; k-means at the start of epoch/step `start`
-    (a one-step `Schedule`), centroids fine-tuned afterwards; iters: Lloyd iterations at most."""
+    bits: {conv: b, fc: b}, the index bits per kind of layer; layers: which layers (select.py
+    rules; a rule's bits.w gives its layers their own index bits, 1..16); k-means at the start of
+    epoch/step `start` (a one-step `Schedule`), centroids fine-tuned afterwards; iters: Lloyd
+    iterations at most."""
 
-    def __init__(self, bits: Mapping[str, int] | None = None, skip: Sequence[str] = (),
+    def __init__(self, bits: Mapping[str, int] | None = None, layers: Sequence[Mapping] = ALL,
                  interval: str = "epoch", start: int = 0, iters: int = 50, key: str = "method.share",
                  name: str = "share"):
         super().__init__(name)
@@ -144,17 +143,21 @@ class Share(Method):
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ConfigError(f"{key}.iters={iters}: must be an integer >= 1")
         self.schedule = Schedule(start, start, 1, interval, key)
-        self.bits, self.skip, self.iters, self.key = bits, list(skip), iters, key
+        self.bits, self.iters, self.key = bits, iters, key
+        self.rules = from_kind_map(bits, "bits.w", f"{key}.bits") + parse(layers, f"{key}.layers")
         self.names: list[str] = []
 
     def apply(self, model: nn.Module) -> nn.Module:
-        self.names = []
-        for name, m in layers(model, self.skip):
-            if _bits_for(m, self.bits) == 1 and is_masked(m):
+        chosen = choose(model, self.rules, f"{self.key}.layers")
+        for name, settings in chosen.items():
+            m, b = model.get_submodule(name), settings["bits"]["w"]
+            if not 1 <= b <= 16:
+                raise ConfigError(f"{self.key}.layers: bits.w={b} (layer {name}): must be in 1..16")
+            if b == 1 and is_masked(m):
                 raise ConfigError(f"{self.key}.bits=1 (layer {name}): a pruned layer needs >= 2 "
                                   "bits (one code is reserved for zero)")
-            install(m, _bits_for(m, self.bits))
-            self.names.append(name)
+            install(m, b)
+        self.names = list(chosen)
         return model
 
     def step(self, model: nn.Module, t: int) -> None:

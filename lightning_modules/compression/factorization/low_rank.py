@@ -37,12 +37,12 @@ from torch import nn
 
 from .. import container
 from ..errors import ConfigError, FileFormatError
+from ..select import choose, parse
 from ..swap import replace_module
 from ..method import Method, state_mismatch
-from ..pruning.magnitude import layers
 
 KIND = "low_rank"  # container.py kind (before it: MAGIC LWBLR1 | u64 | torch.save | crc32)
-KINDS = ("fc", "conv")
+LAYERS = ({"type": ["linear", "conv"]},)  # every Linear (SVD) and Conv2d (Tucker-2)
 log = logging.getLogger("harness")
 
 
@@ -64,8 +64,8 @@ class Tucker2Conv(nn.Sequential):
 
     def __init__(self, layer: nn.Conv2d, r1: int, r2: int):
         if layer.groups != 1:
-            raise ConfigError("method.kinds=conv: Tucker-2 needs ungrouped convolutions "
-                              "(skip the grouped ones)")
+            raise ConfigError("method.layers: Tucker-2 needs ungrouped convolutions (keep the grouped "
+                              "ones with a rule {type: depthwise, quantize: false} or by name)")
         kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
         super().__init__(
             nn.Conv2d(layer.in_channels, r1, 1, bias=False, **kw),
@@ -163,21 +163,29 @@ class LowRank(Method):
     """`method=low_rank`: see the module doc and conf/method/low_rank.yaml for the keys."""
 
     def __init__(self, name: str = "low_rank", energy: float | None = 0.9,
-                 params_ratio: float | None = None, kinds: Sequence[str] = KINDS,
-                 skip: Sequence[str] = (), init_from: Mapping | None = None):
+                 params_ratio: float | None = None, layers: Sequence[Mapping] = LAYERS,
+                 init_from: Mapping | None = None):
         super().__init__(name)
         if (energy is None) == (params_ratio is None):
             raise ConfigError(f"method.energy={energy}, method.params_ratio={params_ratio}: set "
                               "exactly one of them (the other null)")
         self.energy = None if energy is None else _number("energy", energy, 0, 1)
         self.params_ratio = None if params_ratio is None else _number("params_ratio", params_ratio, 0, 1)
-        bad = [k for k in kinds if k not in KINDS]
-        if bad or isinstance(kinds, str):
-            raise ConfigError(f"method.kinds={kinds}: a list of {', '.join(KINDS)} "
-                              "(fc: SVD of Linear layers, conv: Tucker-2 of Conv2d layers)")
-        self.kinds, self.skip = list(kinds), list(skip)
+        self.rules = parse(layers, "method.layers")
         self.init_from = None if init_from is None else dict(init_from)  # the trained weights to factor (a state dict the harness hands over)
         self.ranks: dict[str, list[int]] = {}
+
+    def ranks_of(self, layer: nn.Module, rank: int | float | None) -> list[int]:
+        """The layer's ranks: a rule's `rank` (an integer: that rank, capped by the layer's
+        dimensions; a fraction: this layer's energy or params_ratio), else the method's."""
+        if isinstance(rank, int):  # Linear: [r]; Conv2d: [r1 (input modes), r2 (output modes)]
+            if isinstance(layer, nn.Linear):
+                return [min(rank, *layer.weight.shape)]
+            return [min(rank, layer.in_channels), min(rank, layer.out_channels)]
+        if isinstance(rank, float):
+            return choose_ranks(layer, rank if self.energy is not None else None,
+                                rank if self.energy is None else None)
+        return choose_ranks(layer, self.energy, self.params_ratio)
 
     def _load_init(self, model: nn.Module) -> None:
         if (key := state_mismatch(model, self.init_from)) is not None:
@@ -188,10 +196,9 @@ class LowRank(Method):
         if self.init_from is not None:
             self._load_init(model)
         self.ranks = {}
-        for name, layer in layers(model, self.skip):
-            if ("fc" if isinstance(layer, nn.Linear) else "conv") not in self.kinds:
-                continue
-            ranks = choose_ranks(layer, self.energy, self.params_ratio)
+        for name, settings in choose(model, self.rules).items():
+            layer = model.get_submodule(name)
+            ranks = self.ranks_of(layer, settings.get("rank"))
             if factored_params(layer, ranks) >= layer.weight.numel():
                 log.info("low rank  %s: ranks %s would not be smaller, kept", name, ranks)
                 continue

@@ -26,7 +26,7 @@ included, from rank 0 before each forward).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,7 @@ from torch.nn.utils import parametrize, prune
 from ..errors import ConfigError
 from ..method import Method
 from ..schedule import Schedule
-from ..swap import quantizable, resolve_skip
+from ..select import ALL, choose, from_per_layer, parse, plan
 
 
 def broadcast_(t: torch.Tensor) -> torch.Tensor:
@@ -47,34 +47,6 @@ def broadcast_(t: torch.Tensor) -> torch.Tensor:
         if buf is not t:
             t.copy_(buf.bool())
     return t
-
-
-def layers(model: nn.Module, skip: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the Conv2d/Linear layers not in `skip` (names or first/last tokens)."""
-    skipped = resolve_skip(model, skip)
-    return [(n, m) for n, m in quantizable(model) if n not in skipped]
-
-
-def per_layer(value, names: list[str], key: str, lo: float, hi: float) -> dict[str, float]:
-    """A number, a list (one per layer, in order) or {layer name: number} -> {name: number}."""
-    if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(names) - {"default"})
-        if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}: not a pruned layer; valid: default, {', '.join(names)}")
-        if "default" not in value and set(value) != set(names):
-            raise ConfigError(f"{key}={dict(value)}: give every layer ({', '.join(names)}) or a default")
-        out = {n: value.get(n, value.get("default")) for n in names}
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != len(names):
-            raise ConfigError(f"{key}={list(value)}: needs {len(names)} values, one per layer "
-                              f"({', '.join(names)})")
-        out = dict(zip(names, value))
-    else:
-        out = {n: value for n in names}
-    for n, v in out.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise ConfigError(f"{key}={v} (layer {n}): must be a number in [{lo}, {hi}]")
-    return {n: float(v) for n, v in out.items()}
 
 
 @torch.no_grad()
@@ -112,14 +84,12 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return w * module.weight_mask if is_masked(module) else w
 
 
-def install_masks(model: nn.Module, skip: Sequence[str] = ()) -> list[str]:
-    """All-ones masks on the chosen layers (structure first, so the parameters never change)."""
-    names = []
-    for name, m in layers(model, skip):
+def install_masks(model: nn.Module, names: Iterable[str]) -> None:
+    """All-ones masks on the named layers (structure first, so the parameters never change)."""
+    for name in names:
+        m = model.get_submodule(name)
         if not is_masked(m):
             prune.identity(m, "weight")
-        names.append(name)
-    return names
 
 
 @torch.no_grad()
@@ -205,28 +175,35 @@ def nonzero_params(model: nn.Module) -> int:
 
 class Prune(Method):
     """Magnitude pruning as a method part (`method=prune`, and the first part of Deep Compression):
-    which layers, how much (sparsity / quality per layer, see `per_layer`: exactly one of them),
-    when (a `Schedule`: start, end, frequency in epochs or steps), initial_sparsity: s_i of the
-    AGP ramp. `apply` installs all-ones masks; each scheduled step prunes further."""
+    how much, per layer (sparsity or quality, exactly one: a number, a list with one value per
+    layer in order, or {layer name: value, default: value}), which layers (`layers`, select.py
+    rules; a rule's `sparsity` overrides the value for its layers), when (a `Schedule`: start, end,
+    frequency in epochs or steps), initial_sparsity: s_i of the AGP ramp. `apply` installs
+    all-ones masks; each scheduled step prunes further."""
 
-    def __init__(self, sparsity=None, quality=None, skip: Sequence[str] = (), interval: str = "epoch",
-                 start: int = 0, end: int = 0, frequency: int = 1, initial_sparsity: float = 0.0,
-                 key: str = "method.prune", name: str = "prune"):
+    def __init__(self, sparsity=None, quality=None, layers: Sequence[Mapping] = ALL,
+                 interval: str = "epoch", start: int = 0, end: int = 0, frequency: int = 1,
+                 initial_sparsity: float = 0.0, key: str = "method.prune", name: str = "prune"):
         super().__init__(name)
         if (sparsity is None) == (quality is None):
             raise ConfigError(f"{key}.sparsity={sparsity}, {key}.quality={quality}: "
                               "set exactly one of them")
         self.schedule = Schedule(start, end, frequency, interval, key)
-        per_layer(initial_sparsity, ["all"], f"{key}.initial_sparsity", 0.0, 1.0)
-        self.sparsity, self.quality, self.skip = sparsity, quality, list(skip)
-        self.initial_sparsity, self.key = float(initial_sparsity), key
+        ok = isinstance(initial_sparsity, (int, float)) and not isinstance(initial_sparsity, bool)
+        if not ok or not 0 <= initial_sparsity <= 1:
+            raise ConfigError(f"{key}.initial_sparsity={initial_sparsity}: must be a number in [0, 1]")
+        self.sparsity, self.quality, self.key = sparsity, quality, key
+        self.rules = parse(layers, f"{key}.layers")
+        self.initial_sparsity = float(initial_sparsity)
         self.targets: dict[str, float] = {}
 
     def apply(self, model: nn.Module) -> nn.Module:
-        names = [n for n, _ in layers(model, self.skip)]
+        names = list(choose(model, self.rules, f"{self.key}.layers"))
         value, k = ((self.sparsity, "sparsity") if self.sparsity is not None else (self.quality, "quality"))
-        self.targets = per_layer(value, names, f"{self.key}.{k}", 0.0, 1.0 if k == "sparsity" else 100.0)
-        install_masks(model, self.skip)
+        values = from_per_layer(value, names, k, f"{self.key}.{k}", 0.0, 1.0 if k == "sparsity" else 100.0)
+        per = plan(model, values + self.rules, key=f"{self.key}.layers")  # `layers` rules override
+        self.targets = {n: float(per[n][k]) for n in names}
+        install_masks(model, names)
         return model
 
     def step(self, model: nn.Module, t: int) -> None:

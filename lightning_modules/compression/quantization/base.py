@@ -13,7 +13,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..method import Method
-from ..swap import TOKENS, swap_modules
+from ..select import DEFAULT_QUANT_RULES, choose, parse
+from ..swap import swap_modules
 from .pack import export_packed, load_packed
 from .qlayers import QConv2d, QLayer, QLinear
 
@@ -46,51 +47,54 @@ def check_bits(method: str, bits: Mapping, valid: Mapping[str, Sequence[int]]) -
 
 
 class QuantMethod(Method):
-    """Base of the quantization methods: subclasses set VALID and the three role builders."""
+    """Base of the quantization methods: subclasses set VALID and the three role builders.
+
+    bits: the method's (W,A,G) triple; layers: which layers, at which bits (select.py rules,
+    later override earlier; a rule's `bits` gives its layers their own triple: mixed precision,
+    each layer's bits checked against VALID); input_bn: BatchNorm before each quantized layer."""
 
     VALID: dict[str, Sequence[int]] = {"w": FULL, "a": FULL, "g": FULL}
     weight_clip: tuple[float, float] | None = None
 
-    def __init__(self, name: str, bits: Mapping, skip: Sequence[str] = TOKENS,
+    def __init__(self, name: str, bits: Mapping, layers: Sequence[Mapping] = DEFAULT_QUANT_RULES,
                  input_bn: bool = False):
         super().__init__(name)
         self.bits = check_bits(name, bits, self.VALID)
-        self.skip = list(skip)
+        self.rules = parse(layers, "method.layers")
+        for i, r in enumerate(self.rules):
+            if "bits" in r.settings:
+                try:
+                    check_bits(name, {**self.bits, **r.settings["bits"]}, self.VALID)
+                except ConfigError as e:
+                    raise ConfigError(f"method.layers[{i}].{e}") from None
         if not isinstance(input_bn, bool):
             raise ConfigError(f"method.input_bn={input_bn}: must be true or false")
         self.input_bn = input_bn
 
-    # roles: each returns a quantizer (callable or module) for this layer, or None
-    def weight_quant(self, layer: nn.Module):
+    # roles: each returns a quantizer (callable or module) for this layer at its bits, or None
+    def weight_quant(self, layer: nn.Module, bits: Mapping[str, int]):
         return None
 
-    def act_quant(self, layer: nn.Module):
+    def act_quant(self, layer: nn.Module, bits: Mapping[str, int]):
         return None
 
-    def grad_quant(self, layer: nn.Module):
+    def grad_quant(self, layer: nn.Module, bits: Mapping[str, int]):
         return None
 
-    # which Conv2d/Linear layers the method quantizes (besides `skip`): "all", or "pointwise"
-    # (1x1 convs with groups=1 only: SSPQ's quantized point-wise convs)
-    layers: str = "all"
-
-    def selects(self, layer: nn.Module) -> bool:
-        if self.layers == "all":
-            return True
-        return isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1
-
-    def _swap(self, name: str, layer: nn.Module, channels: dict[str, int]) -> nn.Module | None:
-        if not self.selects(layer):
-            return None
+    def _swap(self, name: str, layer: nn.Module, plan: dict, channels: dict[str, int]) -> nn.Module:
+        bits = {**self.bits, **plan[name].get("bits", {})}
         cls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
         bn = channels.get(name, True) if self.input_bn else False
-        return cls.from_float(layer, weight_quant=self.weight_quant(layer),
-                              act_quant=self.act_quant(layer), grad_quant=self.grad_quant(layer),
-                              weight_clip=self.weight_clip, input_bn=bn)
+        q = cls.from_float(layer, weight_quant=self.weight_quant(layer, bits),
+                           act_quant=self.act_quant(layer, bits), grad_quant=self.grad_quant(layer, bits),
+                           weight_clip=self.weight_clip, input_bn=bn)
+        q.bits = {r: bits[r] if getattr(q, f"{role}_quant") is not None else 32
+                  for r, role in (("w", "weight"), ("a", "act"), ("g", "grad"))}
+        return q
 
     def apply(self, model: nn.Module) -> nn.Module:
-        channels = map_channels(model)
-        model = swap_modules(model, partial(self._swap, channels=channels), self.skip)
+        plan = choose(model, self.rules)
+        model = swap_modules(model, partial(self._swap, plan=plan, channels=map_channels(model)), plan)
         for m in model.modules():
             if isinstance(m, QLayer):
                 m.clip_()
@@ -104,7 +108,7 @@ class QuantMethod(Method):
                     m.clip_()
 
     def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return quantized_bits(model, self.bits)
+        return quantized_bits(model)
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
         return export_packed(model, path)
@@ -116,16 +120,13 @@ class QuantMethod(Method):
 
     def __repr__(self) -> str:
         b = self.bits
-        return f"{type(self).__name__}(W{b['w']}A{b['a']}G{b['g']}, skip={self.skip})"
+        return f"{type(self).__name__}(W{b['w']}A{b['a']}G{b['g']}, {len(self.rules)} layer rules)"
 
 
-def quantized_bits(model: nn.Module, bits: Mapping) -> dict[str, dict[str, int]]:
-    """{name: {w, a, g}} of every quantized layer: the method's bits for each role its QLayer
-    quantizes, 32 for the roles it leaves in float."""
-    return {n: {"w": int(bits["w"]) if m.weight_quant is not None else 32,
-                "a": int(bits["a"]) if m.act_quant is not None else 32,
-                "g": int(bits["g"]) if m.grad_quant is not None else 32}
-            for n, m in model.named_modules() if isinstance(m, QLayer)}
+def quantized_bits(model: nn.Module) -> dict[str, dict[str, int]]:
+    """{name: {w, a, g}} of every quantized layer, as its method swapped it in (`QLayer.bits`: the
+    layer's own triple, 32 for the roles it leaves in float)."""
+    return {n: dict(m.bits) for n, m in model.named_modules() if isinstance(m, QLayer)}
 
 
 def map_channels(model: nn.Module) -> dict[str, int]:

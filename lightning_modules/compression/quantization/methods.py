@@ -1,9 +1,10 @@
 """Quantization methods: each one a choice of quantizers per role, applied by module swapping.
 
-    method=xnor bits=w1a1g32     ->  XNOR(bits={"w": 1, "a": 1, "g": 32}, skip=["first", "last"])
+    method=xnor bits=w1a1g32     ->  XNOR(bits={"w": 1, "a": 1, "g": 32}, layers=[rules])
 
 A method validates its bits triple at construction (one-line ConfigError naming the key, the
-value and what is valid), swaps every Conv2d/Linear not in `skip` for a QConv2d/QLinear with its
+value and what is valid), swaps every Conv2d/Linear its `layers` rules select (select.py; by default all but the first
+conv and the classifier) for a QConv2d/QLinear with its
 quantizers, and exports/loads the packed format (pack.py). 32 bits for a role means that role
 stays full precision.
 
@@ -25,7 +26,7 @@ from functools import partial
 from torch import nn
 
 from ..errors import ConfigError
-from ..swap import TOKENS
+from ..select import DEFAULT_QUANT_RULES
 from . import quantizers as Q
 from .base import FULL, QuantMethod, chan_dim
 from .learned import LQQuantizer, TTQQuantizer
@@ -37,14 +38,14 @@ class BinaryConnect(QuantMethod):
     VALID = {"w": (1,), "a": (32,), "g": (32,)}
     weight_clip = (-1.0, 1.0)
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False,
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False,
                  stochastic: bool = False, test_time: str = "real", name: str = "binaryconnect"):
-        super().__init__(name, bits, skip, input_bn)
+        super().__init__(name, bits, layers, input_bn)
         if test_time not in ("real", "binary"):
             raise ConfigError(f"method.test_time={test_time}: valid: real, binary")
         self.stochastic, self.test_time = stochastic, test_time
 
-    def weight_quant(self, layer):
+    def weight_quant(self, layer, bits):
         return Q.StochasticSign(self.test_time) if self.stochastic else Q.ste_sign
 
     def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
@@ -62,13 +63,13 @@ class BNN(QuantMethod):
     VALID = {"w": (1,), "a": (1,), "g": (32,)}
     weight_clip = (-1.0, 1.0)
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "bnn"):
-        super().__init__(name, bits, skip, input_bn)
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False, name: str = "bnn"):
+        super().__init__(name, bits, layers, input_bn)
 
-    def weight_quant(self, layer):
+    def weight_quant(self, layer, bits):
         return Q.bnn_sign
 
-    def act_quant(self, layer):
+    def act_quant(self, layer, bits):
         return Q.bnn_sign
 
 
@@ -77,10 +78,10 @@ class BWN(QuantMethod):
 
     VALID = {"w": (1,), "a": (32,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "bwn"):
-        super().__init__(name, bits, skip, input_bn)
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False, name: str = "bwn"):
+        super().__init__(name, bits, layers, input_bn)
 
-    def weight_quant(self, layer):
+    def weight_quant(self, layer, bits):
         return Q.bwn_weight
 
 
@@ -89,10 +90,10 @@ class XNOR(BWN):
 
     VALID = {"w": (1,), "a": (1,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "xnor"):
-        QuantMethod.__init__(self, name, bits, skip, input_bn)
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False, name: str = "xnor"):
+        QuantMethod.__init__(self, name, bits, layers, input_bn)
 
-    def act_quant(self, layer):
+    def act_quant(self, layer, bits):
         return partial(Q.xnor_input, dim=chan_dim(layer))
 
 
@@ -100,21 +101,17 @@ class DoReFa(QuantMethod):
     """DoReFa-Net (Zhou et al. 2016): k_w-bit weights, k_a-bit activations in [0, 1], k_g-bit
     gradients of each layer's output (stochastic rounding, per-sample max)."""
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "dorefa",
-                 layers: str = "all"):
-        super().__init__(name, bits, skip, input_bn)
-        if layers not in ("all", "pointwise"):
-            raise ConfigError(f"method.layers={layers}: valid: all, pointwise")
-        self.layers = layers
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False, name: str = "dorefa"):
+        super().__init__(name, bits, layers, input_bn)
 
-    def weight_quant(self, layer):
-        return None if self.bits["w"] == 32 else partial(Q.dorefa_weight, k=self.bits["w"])
+    def weight_quant(self, layer, bits):
+        return None if bits["w"] == 32 else partial(Q.dorefa_weight, k=bits["w"])
 
-    def act_quant(self, layer):
-        return None if self.bits["a"] == 32 else partial(Q.dorefa_act, k=self.bits["a"])
+    def act_quant(self, layer, bits):
+        return None if bits["a"] == 32 else partial(Q.dorefa_act, k=bits["a"])
 
-    def grad_quant(self, layer):
-        return None if self.bits["g"] == 32 else partial(Q.dorefa_grad, k=self.bits["g"])
+    def grad_quant(self, layer, bits):
+        return None if bits["g"] == 32 else partial(Q.dorefa_grad, k=bits["g"])
 
 
 class TWN(QuantMethod):
@@ -122,10 +119,10 @@ class TWN(QuantMethod):
 
     VALID = {"w": (2,), "a": (32,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "twn"):
-        super().__init__(name, bits, skip, input_bn)
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False, name: str = "twn"):
+        super().__init__(name, bits, layers, input_bn)
 
-    def weight_quant(self, layer):
+    def weight_quant(self, layer, bits):
         return Q.twn_weight
 
 
@@ -134,12 +131,12 @@ class TTQ(QuantMethod):
 
     VALID = {"w": (2,), "a": (32,), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False,
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False,
                  threshold: float = 0.05, name: str = "ttq"):
-        super().__init__(name, bits, skip, input_bn)
+        super().__init__(name, bits, layers, input_bn)
         self.threshold = threshold
 
-    def weight_quant(self, layer):
+    def weight_quant(self, layer, bits):
         return TTQQuantizer.from_weight(layer.weight, self.threshold)
 
 
@@ -149,14 +146,14 @@ class Pow2(QuantMethod):
 
     VALID = {"w": range(2, 9), "a": FULL, "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "pow2"):
-        super().__init__(name, bits, skip, input_bn)
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False, name: str = "pow2"):
+        super().__init__(name, bits, layers, input_bn)
 
-    def weight_quant(self, layer):
-        return partial(Q.pow2_weight, levels=2 ** (self.bits["w"] - 1) - 2)
+    def weight_quant(self, layer, bits):
+        return partial(Q.pow2_weight, levels=2 ** (bits["w"] - 1) - 2)
 
-    def act_quant(self, layer):
-        return None if self.bits["a"] == 32 else partial(Q.dorefa_act, k=self.bits["a"])
+    def act_quant(self, layer, bits):
+        return None if bits["a"] == 32 else partial(Q.dorefa_act, k=bits["a"])
 
 
 class Uniform(QuantMethod):
@@ -165,14 +162,14 @@ class Uniform(QuantMethod):
 
     VALID = {"w": FULL, "a": FULL, "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False, name: str = "uniform"):
-        super().__init__(name, bits, skip, input_bn)
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False, name: str = "uniform"):
+        super().__init__(name, bits, layers, input_bn)
 
-    def weight_quant(self, layer):
-        return None if self.bits["w"] == 32 else partial(Q.uniform_weight, k=self.bits["w"])
+    def weight_quant(self, layer, bits):
+        return None if bits["w"] == 32 else partial(Q.uniform_weight, k=bits["w"])
 
-    def act_quant(self, layer):
-        return None if self.bits["a"] == 32 else partial(Q.dorefa_act, k=self.bits["a"])
+    def act_quant(self, layer, bits):
+        return None if bits["a"] == 32 else partial(Q.dorefa_act, k=bits["a"])
 
 
 class LQNet(QuantMethod):
@@ -181,15 +178,15 @@ class LQNet(QuantMethod):
 
     VALID = {"w": (*range(1, 9), 32), "a": (*range(1, 9), 32), "g": (32,)}
 
-    def __init__(self, bits, skip=TOKENS, input_bn: bool = False,
+    def __init__(self, bits, layers=DEFAULT_QUANT_RULES, input_bn: bool = False,
                  momentum: float = 0.9, name: str = "lqnet"):
-        super().__init__(name, bits, skip, input_bn)
+        super().__init__(name, bits, layers, input_bn)
         self.momentum = momentum
 
-    def weight_quant(self, layer):
-        w = self.bits["w"]
+    def weight_quant(self, layer, bits):
+        w = bits["w"]
         return None if w == 32 else LQQuantizer.for_weight(layer.weight, w, self.momentum)
 
-    def act_quant(self, layer):
-        a = self.bits["a"]
+    def act_quant(self, layer, bits):
+        a = bits["a"]
         return None if a == 32 else LQQuantizer.for_activation(a, self.momentum).to(layer.weight.device)

@@ -18,8 +18,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..method import Method, state_mismatch
+from ..select import ALL, choose, parse
 from ..swap import swap_modules
-from .base import check_bits
+from .base import check_bits, quantized_bits
 from .polino import VALID_BITS, PointsQuantizer, UniformQuantizer, export_codes, load_codes
 from .qlayers import QConv2d, QLayer, QLinear
 
@@ -39,12 +40,30 @@ def _check_bool(key: str, value) -> bool:
     return value
 
 
-def swap_quantized(model: nn.Module, make_quant, skip: Sequence[str]) -> nn.Module:
-    """Every Conv2d/Linear not in `skip` -> QConv2d/QLinear with weight_quant=make_quant(layer)."""
+def swap_quantized(model: nn.Module, make_quant, rules, w: int) -> nn.Module:
+    """Every Conv2d/Linear the rules select -> QConv2d/QLinear with weight_quant=make_quant(layer,
+    bits) at its own weight bits (a rule's bits.w, else `w`)."""
+    plan = choose(model, rules)
+
     def factory(name, layer):
+        bits = plan[name].get("bits", {}).get("w", w)
         cls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
-        return cls.from_float(layer, weight_quant=make_quant(layer))
-    return swap_modules(model, factory, skip)
+        q = cls.from_float(layer, weight_quant=make_quant(layer, bits))
+        q.bits = {"w": bits, "a": 32, "g": 32}
+        return q
+    return swap_modules(model, factory, plan)
+
+
+def _rules(name: str, layers, w: int, key: str):
+    """The parsed `layers` rules, each rule's own bits.w checked (1..16; a and g stay 32)."""
+    rules = parse(layers, f"{key}.layers")
+    for i, r in enumerate(rules):
+        if "bits" in r.settings:
+            try:
+                check_bits(name, {"w": w, "a": 32, "g": 32, **r.settings["bits"]}, VALID_BITS)
+            except ConfigError as e:
+                raise ConfigError(f"{key}.layers[{i}].{e}") from None
+    return rules
 
 
 class PolinoQuant(Method):
@@ -57,11 +76,12 @@ class PolinoQuant(Method):
     Exported as b-bit codes (`export_codes`)."""
 
     def __init__(self, bits: Mapping, bucket_size: int | None = None, stochastic: bool = False,
-                 at: str = "train", skip: Sequence[str] = (), key: str = "method",
+                 at: str = "train", layers: Sequence[Mapping] = ALL, key: str = "method",
                  name: str = "polino_quant"):
         super().__init__(name)
         self.bits = check_bits(name, bits, VALID_BITS)
-        self.bucket_size, self.skip = _check_bucket(bucket_size, key), list(skip)
+        self.bucket_size = _check_bucket(bucket_size, key)
+        self.rules = _rules(name, layers, self.bits["w"], key)
         self.stochastic = _check_bool(f"{key}.stochastic", stochastic)
         if at not in ("train", "end"):
             raise ConfigError(f"{key}.at={at}: valid: train (quantized forward while training), "
@@ -69,8 +89,8 @@ class PolinoQuant(Method):
         self.at = at
 
     def _swap(self, model: nn.Module, stochastic: bool) -> nn.Module:
-        return swap_quantized(
-            model, lambda layer: UniformQuantizer(self.bits["w"], self.bucket_size, stochastic), self.skip)
+        return swap_quantized(model, lambda layer, w: UniformQuantizer(w, self.bucket_size, stochastic),
+                              self.rules, self.bits["w"])
 
     def apply(self, model: nn.Module) -> nn.Module:
         return self._swap(model, self.stochastic) if self.at == "train" else model
@@ -79,7 +99,7 @@ class PolinoQuant(Method):
         return self._swap(model, False) if self.at == "end" else model
 
     def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return _weight_bits(model, self.bits["w"])
+        return quantized_bits(model)
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
         return export_codes(model, path)
@@ -90,7 +110,7 @@ class PolinoQuant(Method):
         return load_codes(model, path)
 
     def __repr__(self) -> str:
-        return f"PolinoQuant(W{self.bits['w']}, bucket_size={self.bucket_size}, at={self.at}, skip={self.skip})"
+        return f"PolinoQuant(W{self.bits['w']}, bucket_size={self.bucket_size}, at={self.at})"
 
 
 class LearnedPoints(Method):
@@ -102,10 +122,11 @@ class LearnedPoints(Method):
 
     def __init__(self, bits: Mapping, bucket_size: int | None = 256, points_init: str = "quantiles",
                  start_from: Mapping | None = None, train_weights: bool = False,
-                 skip: Sequence[str] = (), key: str = "method", name: str = "learned_points"):
+                 layers: Sequence[Mapping] = ALL, key: str = "method", name: str = "learned_points"):
         super().__init__(name)
         self.bits = check_bits(name, bits, VALID_BITS)
-        self.bucket_size, self.skip, self.key = _check_bucket(bucket_size, key), list(skip), key
+        self.bucket_size, self.key = _check_bucket(bucket_size, key), key
+        self.rules = _rules(name, layers, self.bits["w"], key)
         if points_init not in ("quantiles", "uniform"):
             raise ConfigError(f"{key}.points_init={points_init}: valid: quantiles, uniform")
         self.points_init = points_init
@@ -114,9 +135,9 @@ class LearnedPoints(Method):
 
     def _swap(self, model: nn.Module) -> nn.Module:
         return swap_quantized(
-            model, lambda layer: PointsQuantizer.for_weight(
-                layer.weight, self.bits["w"], self.bucket_size, self.points_init, self.train_weights),
-            self.skip)
+            model, lambda layer, w: PointsQuantizer.for_weight(
+                layer.weight, w, self.bucket_size, self.points_init, self.train_weights),
+            self.rules, self.bits["w"])
 
     def apply(self, model: nn.Module) -> nn.Module:
         if self.start_from is None and not self.train_weights:
@@ -135,7 +156,7 @@ class LearnedPoints(Method):
         return model
 
     def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return _weight_bits(model, self.bits["w"])
+        return quantized_bits(model)
 
     def export(self, model: nn.Module, path: str | Path) -> Path:
         return export_codes(model, path)
@@ -144,8 +165,3 @@ class LearnedPoints(Method):
         if not any(isinstance(m, QLayer) for m in model.modules()):
             model = self._swap(model)
         return load_codes(model, path)
-
-
-def _weight_bits(model: nn.Module, w: int) -> dict[str, dict[str, int]]:
-    return {n: {"w": w, "a": 32, "g": 32} for n, m in model.named_modules()
-            if isinstance(m, QLayer) and m.weight_quant is not None}

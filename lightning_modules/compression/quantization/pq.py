@@ -19,17 +19,20 @@ from torch.nn.utils import parametrize
 from .. import container
 from ..errors import ConfigError, FileFormatError
 from ..method import Method, state_mismatch
-from ..pruning.magnitude import broadcast_, layers
+from ..pruning.magnitude import broadcast_
 from ..schedule import Schedule
+from ..select import candidates, choose, from_kind_map, parse
 from .pack import pack_bits, unpack_bits
 from .product import (CALIBRATION, KIND, PQCode, ProductQuantized, _flat, _plain, _remember_input,
                       block_gram, em, pq_of, rows, subvectors)
+
 
 class ProductQuant(Method):
     """`method=pq`: see the module doc and conf/method/pq.yaml for the keys."""
 
     def __init__(self, name: str = "pq", centroids: int = 256, block_size: Mapping | None = None,
-                 skip: Sequence[str] = ("first",), interval: str = "epoch", start: int = 1,
+                 layers: Sequence[Mapping] = ({"name": "*"}, {"name": "first", "quantize": False}),
+                 interval: str = "epoch", start: int = 1,
                  calibration_batches: int = 16, em_iters: int = 20, distill: bool = True,
                  temperature: float = 1.0, seed: int = 0):
         super().__init__(name)
@@ -53,37 +56,40 @@ class ProductQuant(Method):
                 raise ConfigError(f"method.{key}={v}: must be an integer >= {lo}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ConfigError(f"method.temperature={temperature}: must be a number > 0")
-        self.k, self.skip = centroids, list(skip)
+        self.k = centroids
+        # the block sizes per kind / layer name, then `layers` (a rule's block_size overrides them)
+        self.rules = (from_kind_map(self.block_size, "block_size", "method.block_size")
+                      + parse(layers, "method.layers", extra=("block_size",)))
         self.calibration_batches, self.em_iters, self.seed = calibration_batches, em_iters, seed
         self.distill, self.temperature = bool(distill), float(temperature)
         self.names: list[str] = []
         self.history: dict[str, list[float]] = {}  # J after every E-step, per layer
         self.teacher: nn.Module | None = None
 
-    def block_of(self, name: str, module: nn.Module) -> int:
-        """d for this layer; ConfigError if it does not divide the layer's row length D."""
-        conv = isinstance(module, nn.Conv2d)
-        key = name if name in self.block_size else ("conv" if conv else "fc")
-        d = self.block_size[key]
+    def block_of(self, name: str, module: nn.Module, d) -> int:
+        """d (an integer or "kernel") for this layer; ConfigError if it does not divide the
+        layer's row length D."""
+        key = name if name in self.block_size else ("conv" if isinstance(module, nn.Conv2d) else "fc")
         d = module.weight[0, 0].numel() if d == "kernel" else d
         D = module.weight[0].numel()
-        if D % d:
-            raise ConfigError(f"method.block_size.{key}={self.block_size[key]}: must divide the "
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1 or D % d:
+            raise ConfigError(f"method.block_size.{key}={d}: must divide the "
                               f"row length of {name} ({D} = weights per output)")
         return d
 
     def apply(self, model: nn.Module) -> nn.Module:
-        unknown = sorted(set(self.block_size) - {"conv", "fc"} - {n for n, _ in layers(model)})
+        unknown = sorted(set(self.block_size) - {"conv", "fc"} - {n for n, _ in candidates(model)})
         if unknown:
             raise ConfigError(f"method.block_size.{unknown[0]}: not a Conv2d/Linear of the model")
-        self.names = []
-        for name, m in layers(model, self.skip):
+        chosen = choose(model, self.rules)
+        for name, settings in chosen.items():
+            m = model.get_submodule(name)
             if pq_of(m) is None:
-                d = self.block_of(name, m)
+                d = self.block_of(name, m, settings["block_size"])
                 n = m.weight.numel() // d
                 k = min(self.k, 2 ** int(math.log2(n)))
                 parametrize.register_parametrization(m, "weight", ProductQuantized(m.weight.shape, k, d))
-            self.names.append(name)
+        self.names = list(chosen)
         if not hasattr(model, CALIBRATION):
             setattr(model, CALIBRATION, deque(maxlen=self.calibration_batches))
             model.register_forward_pre_hook(_remember_input)

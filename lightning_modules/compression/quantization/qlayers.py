@@ -49,6 +49,9 @@ class QuantMixin:
         elif input_bn:  # an int: the input is a flattened map of that many channels
             self.input_bn = ChannelBatchNorm(int(input_bn), self.in_features, self.weight.device)
         self.weight_clip = None if weight_clip is None else tuple(float(v) for v in weight_clip)
+        # the bits each role computes with (32: float), set by the method that swapped it in (its
+        # cost, BOPs and record row); a plain attribute, not state: the file stores the codes
+        self.bits = {"w": 32, "a": 32, "g": 32}
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight the forward pass uses (float32 when quantized)."""
