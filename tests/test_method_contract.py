@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lightning_modules.compression.method import Method
+from lightning_modules.compression.method import Compose, Method
 from lightning_modules.compression.pruning.magnitude import is_masked, nonzero_params
 from lightning_modules.compression.quantization.qlayers import QLayer
 from lightning_modules.compression.coding.share import is_shared, sharing
@@ -75,8 +75,8 @@ def references() -> dict:
 
 
 def last_epoch(method: Method) -> int:
-    parts = getattr(method, "parts", {"": method})
-    ends = [m.schedule.last for m in parts.values() if m.schedule is not None]
+    parts = method.methods if isinstance(method, Compose) else [method]
+    ends = [m.schedule.last for m in parts if m.schedule is not None]
     return max(ends, default=0)
 
 

@@ -40,7 +40,7 @@ def prune_share(prune, share, index_bits=None):
 
 def last_time(method):
     """(interval, last scheduled time) over a method's (or composition's) parts."""
-    parts = getattr(method, "methods", [method])
+    parts = method.methods if isinstance(method, Compose) else [method]
     scheds = [m.schedule for m in parts if m.schedule is not None]
     return scheds[-1].interval, max(s.last for s in scheds)
 

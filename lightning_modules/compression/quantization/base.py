@@ -88,8 +88,9 @@ class QuantMethod(Method):
         q = cls.from_float(layer, weight_quant=self.weight_quant(layer, bits),
                            act_quant=self.act_quant(layer, bits), grad_quant=self.grad_quant(layer, bits),
                            weight_clip=self.weight_clip, input_bn=bn)
-        q.bits = {r: bits[r] if getattr(q, f"{role}_quant") is not None else 32
-                  for r, role in (("w", "weight"), ("a", "act"), ("g", "grad"))}
+        q.bits = {"w": bits["w"] if q.weight_quant is not None else 32,
+                  "a": bits["a"] if q.act_quant is not None else 32,
+                  "g": bits["g"] if q.grad_quant is not None else 32}
         return q
 
     def apply(self, model: nn.Module) -> nn.Module:
