@@ -96,11 +96,7 @@ class Method:
         return container.write(path, "state_dict", {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        state = container.read(path, "state_dict")
-        if (key := state_mismatch(model, state)) is not None:
-            raise FileFormatError(f"{path}: does not match the model ({key})")
-        model.load_state_dict(state)
-        return model
+        return load_state(model, container.read(path, "state_dict"), path)
 
 
 class FullPrecision(Method):
@@ -179,6 +175,27 @@ class Compose(Method):
 
     def __repr__(self) -> str:
         return f"Compose({', '.join(f'{k}={m!r}' for k, m in self.parts.items())})"
+
+
+def read_model_file(path: str | Path, kind: str, model: nn.Module) -> dict:
+    """A checked file of `kind` (container.py) written for a model of `model`'s class; else
+    FileFormatError naming the file."""
+    blob = container.read(path, kind)
+    if blob.get("model") != type(model).__name__:
+        raise FileFormatError(f"{path}: does not match the model (a {blob.get('model')} file, "
+                              f"a {type(model).__name__} model)")
+    return blob
+
+
+def load_state(model: nn.Module, state: dict, path: str | Path) -> nn.Module:
+    """`state` loaded into `model`, or FileFormatError naming the file and the first key whose
+    presence or shape differs; returns the model."""
+    if not isinstance(state, dict):
+        raise FileFormatError(f"{path}: inconsistent content (no state dict)")
+    if (key := state_mismatch(model, state)) is not None:
+        raise FileFormatError(f"{path}: does not match the model ({key})")
+    model.load_state_dict(state)
+    return model
 
 
 def state_mismatch(model: nn.Module, state: dict) -> str | None:

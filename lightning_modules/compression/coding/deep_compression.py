@@ -20,8 +20,8 @@ from pathlib import Path
 from torch import nn
 
 from . import compressed_file
-from ..errors import ConfigError, FileFormatError
-from ..method import Method, state_mismatch
+from ..errors import ConfigError
+from ..method import Method, load_state
 from ..pruning.magnitude import nonzero_params, strip
 
 __all__ = ["DeepCompressionFile", "nonzero_params"]
@@ -60,12 +60,7 @@ class DeepCompressionFile(Method):
         return compressed_file.write(model, path, self.index_bits, self.huffman, self.float_bits)
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        state = compressed_file.read(path)
-        model = strip(model)
-        if (key := state_mismatch(model, state)) is not None:
-            raise FileFormatError(f"{path}: does not match the model ({key})")
-        model.load_state_dict(state)
-        return model
+        return load_state(strip(model), compressed_file.read(path), path)
 
     def report(self, model: nn.Module) -> list[dict]:
         return compressed_file.report(model, self.index_bits, self.float_bits)

@@ -39,7 +39,7 @@ from .. import container
 from ..errors import ConfigError, FileFormatError
 from ..select import choose, parse
 from ..swap import replace_module
-from ..method import Method, state_mismatch
+from ..method import Method, load_state, read_model_file, state_mismatch
 
 KIND = "low_rank"  # container.py kind (before it: MAGIC LWBLR1 | u64 | torch.save | crc32)
 LAYERS = ({"type": ["linear", "conv"]},)  # every Linear (SVD) and Conv2d (Tucker-2)
@@ -215,11 +215,7 @@ class LowRank(Method):
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         """A fresh model (untouched) -> a copy factored at the file's ranks, with its weights."""
-        blob = container.read(path, KIND)
-        fail = lambda why: FileFormatError(f"{path}: {why}")  # noqa: E731
-        if blob.get("model") != type(model).__name__:
-            raise fail(f"does not match the model (a {blob.get('model')} file, "
-                       f"a {type(model).__name__} model)")
+        blob = read_model_file(path, KIND, model)
         out, mods = copy.deepcopy(model), dict(model.named_modules())
         try:
             for name, ranks in blob["ranks"].items():
@@ -229,10 +225,5 @@ class LowRank(Method):
                     raise ValueError(f"{name}: ranks {ranks}")
                 replace_module(out, name, _empty(layer, ranks))
         except (KeyError, ValueError, TypeError, AttributeError) as err:
-            raise fail(f"does not match the model ({err})") from None
-        if not isinstance(blob.get("state"), dict):
-            raise fail("inconsistent content (no state dict)")
-        if (key := state_mismatch(out, blob["state"])) is not None:
-            raise fail(f"does not match the model ({key})")
-        out.load_state_dict(blob["state"])
-        return out
+            raise FileFormatError(f"{path}: does not match the model ({err})") from None
+        return load_state(out, blob.get("state"), path)

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import container
 from ..errors import ConfigError, FileFormatError
-from ..method import Method, state_mismatch
+from ..method import Method, load_state
 from .channels import Group, channel_groups, shrink, width
 from .magnitude import broadcast_
 from ..schedule import Schedule
@@ -253,8 +253,4 @@ class FilterPrune(Method):
         for g in groups:
             if not isinstance(counts[g.producer], int) or not 1 <= counts[g.producer] <= width(mods[g.producer]):
                 raise fail(f"does not match the model ({g.producer}: {counts[g.producer]} channels)")
-        out = shrink(out, {p: torch.arange(k) for p, k in counts.items()})
-        if (key := state_mismatch(out, payload["state"])) is not None:
-            raise fail(f"does not match the model ({key})")
-        out.load_state_dict(payload["state"])
-        return out
+        return load_state(shrink(out, {p: torch.arange(k) for p, k in counts.items()}), payload["state"], path)

@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import container
 from ..errors import FileFormatError
+from ..method import load_state
 from .qlayers import QLayer
 
 KIND = "packed"  # container.py kind (before it: a torch.save dict of format "lwb-packed-1")
@@ -92,7 +93,7 @@ def encode(w: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, dict]:
 def decode(packed: np.ndarray, stored: torch.Tensor, meta: dict) -> torch.Tensor:
     if meta.get("raw"):
         return stored.reshape(meta["shape"]).clone()
-    rows, levels, shape = meta["rows"], meta["levels"], meta["shape"]
+    rows, shape = meta["rows"], meta["shape"]
     table = stored.reshape(rows, -1)
     if meta["symmetric"]:
         table = torch.cat([-table.flip(1), table], dim=1)
@@ -164,11 +165,7 @@ def load_packed(model: nn.Module, path: str | Path) -> nn.Module:
         raise FileFormatError(f"{path}: does not match the model ({err})") from None
     for layer in layers.values():
         layer.weight_quant = None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise FileFormatError(f"{path}: does not match the model ({str(err).splitlines()[-1].strip()})") from None
-    return model
+    return load_state(model, state, path)
 
 
 def payload(path: str | Path) -> dict:

@@ -39,6 +39,7 @@ from torch import nn
 
 from .. import container
 from ..errors import FileFormatError
+from ..method import load_state
 from .pack import pack_bits, unpack_bits
 from .qlayers import QLayer
 from .quantizers import float32_math, ste
@@ -238,9 +239,5 @@ def load_codes(model: nn.Module, path: str | Path) -> nn.Module:
         raise FileFormatError(f"{path}: does not match the model ({err})") from None
     for layer in quantized:
         layer.weight_quant = None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise FileFormatError(f"{path}: does not match the model ({str(err).splitlines()[-1].strip()})") from None
-    return model
+    return load_state(model, state, path)
 

@@ -66,7 +66,26 @@ def _rules(name: str, layers, w: int, key: str):
     return rules
 
 
-class PolinoQuant(Method):
+class _CodesFile(Method):
+    """What both methods share: the layers' bits, and the file of b-bit codes (export_codes),
+    loaded into a fresh model swapped to the quantized layers (`_swap_for_load`)."""
+
+    def _swap_for_load(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        return quantized_bits(model)
+
+    def export(self, model: nn.Module, path: str | Path) -> Path:
+        return export_codes(model, path)
+
+    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
+        if not any(isinstance(m, QLayer) for m in model.modules()):
+            model = self._swap_for_load(model)
+        return load_codes(model, path)
+
+
+class PolinoQuant(_CodesFile):
     """Uniform b-bit weights, bucketed min-max scaling (Polino et al. 2018, Sec. 2.1).
 
     at="train": the forward pass uses the quantized weights from the start (the straight-through
@@ -98,22 +117,14 @@ class PolinoQuant(Method):
     def finalize(self, model: nn.Module) -> nn.Module:
         return self._swap(model, False) if self.at == "end" else model
 
-    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return quantized_bits(model)
-
-    def export(self, model: nn.Module, path: str | Path) -> Path:
-        return export_codes(model, path)
-
-    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        if not any(isinstance(m, QLayer) for m in model.modules()):
-            model = self._swap(model, False)
-        return load_codes(model, path)
+    def _swap_for_load(self, model: nn.Module) -> nn.Module:
+        return self._swap(model, False)
 
     def __repr__(self) -> str:
         return f"PolinoQuant(W{self.bits['w']}, bucket_size={self.bucket_size}, at={self.at})"
 
 
-class LearnedPoints(Method):
+class LearnedPoints(_CodesFile):
     """Differentiable quantization's quantizer part (Polino et al. 2018, Sec. 2.2): each layer's
     2^b points are learned by gradient descent (on the distillation loss of the `kd` part). As in
     the paper (and its reference code) the weights come from a trained full-precision student
@@ -155,13 +166,5 @@ class LearnedPoints(Method):
                 p.requires_grad_(name.endswith("weight_quant.points"))
         return model
 
-    def layer_bits(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return quantized_bits(model)
-
-    def export(self, model: nn.Module, path: str | Path) -> Path:
-        return export_codes(model, path)
-
-    def load(self, model: nn.Module, path: str | Path) -> nn.Module:
-        if not any(isinstance(m, QLayer) for m in model.modules()):
-            model = self._swap(model)
-        return load_codes(model, path)
+    def _swap_for_load(self, model: nn.Module) -> nn.Module:
+        return self._swap(model)

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from .. import container
 from ..errors import ConfigError, FileFormatError
-from ..method import Method, state_mismatch
+from ..method import Method, load_state, read_model_file
 from ..pruning.magnitude import broadcast_
 from ..schedule import Schedule
 from ..select import candidates, choose, from_kind_map, parse
@@ -171,11 +171,7 @@ class ProductQuant(Method):
 
     def load(self, model: nn.Module, path: str | Path) -> nn.Module:
         """A model of the file's class (untouched) -> a plain copy with the file's weights."""
-        blob = container.read(path, KIND)
-        fail = lambda why: FileFormatError(f"{path}: {why}")  # noqa: E731
-        if blob.get("model") != type(model).__name__:
-            raise fail(f"does not match the model (a {blob.get('model')} file, "
-                       f"a {type(model).__name__} model)")
+        blob = read_model_file(path, KIND, model)
         state, coded = {}, {}
         try:
             state.update(blob["state"])
@@ -188,11 +184,8 @@ class ProductQuant(Method):
                 coded[layer["name"]] = PQCode(C, a.reshape(shape[0], -1))
                 state[layer["name"] + ".weight"] = C[a].reshape(shape)
         except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as err:
-            raise fail(f"unreadable content ({type(err).__name__})") from None
-        out = _plain(copy.deepcopy(model))
-        if (key := state_mismatch(out, state)) is not None:
-            raise fail(f"does not match the model ({key})")
-        out.load_state_dict(state)
+            raise FileFormatError(f"{path}: unreadable content ({type(err).__name__})") from None
+        out = load_state(_plain(copy.deepcopy(model)), state, path)
         for name, code in coded.items():
             out.get_submodule(name).pq_code = code
         return out
