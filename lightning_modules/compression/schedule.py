@@ -10,7 +10,7 @@ name (e.g. "method.prune"). Pure values: a method keeps which times it has done.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -31,12 +31,20 @@ class Schedule:
     interval: str = "epoch"
     key: str = "method"
     min_start: int = 0          # e.g. 1 where the work needs one interval of training first
+    one_step: bool = field(init=False, default=False)  # built without an end: one step at start
+
+    @property
+    def _last_key(self) -> str:
+        """The config key of the last step: `end` for a ramp, `start` for a one-step schedule
+        built without an end (weight sharing, PQ)."""
+        return "start" if self.one_step else "end"
 
     def __post_init__(self):
         if self.interval not in INTERVALS:
             raise ConfigError(f"{self.key}.interval={self.interval}: valid: {', '.join(INTERVALS)}")
         why = " (the work needs one interval of training first)" if self.min_start else ""
         _int(f"{self.key}.start", self.start, self.min_start, why)
+        object.__setattr__(self, "one_step", self.end is None)
         if self.end is None:
             object.__setattr__(self, "end", self.start)
         _int(f"{self.key}.end", self.end, self.start)
@@ -62,16 +70,15 @@ class Schedule:
     def check(self, max_epochs: int | None) -> None:
         """A schedule in epochs must end before the run does (epochs count from 0)."""
         if self.interval == "epoch" and isinstance(max_epochs, int) and 0 < max_epochs <= self.end:
-            name = "end" if self.end != self.start else "start"
-            raise ConfigError(f"{self.key}.{name}={self.end}: must be < trainer.max_epochs={max_epochs} "
+            raise ConfigError(f"{self.key}.{self._last_key}={self.end}: must be < trainer.max_epochs={max_epochs} "
                               "(epochs count from 0)")
 
     def unfinished(self, done: set[tuple[str, int]]) -> str | None:
         """A one-line reason if the last step was never reached, else None."""
         if (self.interval, self.end) in done:
             return None
-        name = "end" if self.end != self.start else "start"
-        return f"{self.key}.{name}={self.end}: the run ended before this {self.interval} (schedule unfinished)"
+        return (f"{self.key}.{self._last_key}={self.end}: the run ended before this {self.interval} "
+                "(schedule unfinished)")
 
     def after(self, other: "Schedule") -> None:
         """This schedule must start after `other` ends, in the same interval (stages in order)."""

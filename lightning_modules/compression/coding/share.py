@@ -142,7 +142,7 @@ class Share(Method):
                 raise ConfigError(f"{key}.bits.{k}={v}: must be an integer in 1..16")
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ConfigError(f"{key}.iters={iters}: must be an integer >= 1")
-        self.schedule = Schedule(start, start, 1, interval, key)
+        self.schedule = Schedule(start, None, 1, interval, key)
         self.bits, self.iters, self.key = bits, iters, key
         self.rules = from_kind_map(bits, "bits.w", f"{key}.bits") + parse(layers, f"{key}.layers")
         self.names: list[str] = []

@@ -49,7 +49,7 @@ class ProductQuant(Method):
             if not kernel and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"method.block_size.{key}={v}: must be a positive integer"
                                   + ("" if key == "fc" else " or kernel (= K*K)"))
-        self.schedule = Schedule(start, start, 1, interval, "method", min_start=1)
+        self.schedule = Schedule(start, None, 1, interval, "method", min_start=1)
         for key, v, lo in (("calibration_batches", calibration_batches, 1),
                            ("em_iters", em_iters, 1), ("seed", seed, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
