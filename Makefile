@@ -9,7 +9,7 @@ DATA_DIR ?=
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
 
-.PHONY: help install data browser test test-fast bench report wandb-sync overhead clean
+.PHONY: help install data browser test test-fast bench tables report wandb-sync overhead clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -48,6 +48,9 @@ bench: install  ## run suite SUITE (default: precision), write results/tables/SU
 	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR))); rc=$$?; \
 	$(PY) -m benchmarks.report --results-dir $(RESULTS); exit $$rc
 
+tables: install  ## rebuild every committed results/tables/<suite>.* from the committed records under results/runs/<suite>/
+	$(PY) -m benchmarks.tables_from_records --results-dir $(RESULTS)
+
 report: install  ## results/report/index.html (+ PNG plots) from every record under results/runs
 	$(PY) -m benchmarks.report --results-dir $(RESULTS)
 
@@ -58,5 +61,7 @@ wandb-sync: install  ## upload the offline W&B runs under results/wandb (needs W
 overhead: install  ## harness vs hand-written PyTorch loop, training throughput (LeNet-300-100)
 	$(PY) -m benchmarks.overhead
 
-clean:  ## remove run records and the venv (keeps committed tables)
-	rm -rf $(VENV) $(RESULTS)/runs $(RESULTS)/wandb .pytest_cache
+clean:  ## remove the venv and the runs' model files, checkpoints and logs (keeps records and tables)
+	rm -rf $(VENV) $(RESULTS)/wandb .pytest_cache
+	if [ -d $(RESULTS)/runs ]; then find $(RESULTS)/runs -type f ! -name record.json -delete; \
+		find $(RESULTS)/runs -mindepth 1 -type d -empty -delete; fi

@@ -20,7 +20,8 @@ def header(name: str, description: str, df: pd.DataFrame) -> list[str]:
     hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
     shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
     return [f"Suite `{name}`: {description}",
-            f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(shas) or 'unknown'}.",
+            f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(shas) or 'unknown'} "
+            "(each row's in its Commit column; dirty: the run's code or config differed from it).",
             "Throughput is measured over steady-state steps (warm-up excluded, data loading "
             "included) at the run's batch size; Footprint is the exported weights file, "
             "ckpt the Lightning checkpoint."]

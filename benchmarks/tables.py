@@ -297,9 +297,17 @@ class SuiteTables:
     reference_table: str | None = None         # the `reference:` name in paper_numbers.csv
 
 
+def commit(sha) -> str:
+    """A row's commit, short, and `dirty` when the run's code or config differed from it."""
+    if not isinstance(sha, str) or not sha:
+        return "-"
+    return sha.removesuffix("-dirty")[:7] + (" dirty" if sha.endswith("-dirty") else "")
+
+
 def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
     """THE function from a suite's config (conf/suite/<name>.yaml as a dict: its `table:` type,
-    quant, compression or compact; `pivot:`; `reference:`) and its records to its tables."""
+    quant, compression or compact; `pivot:`; `reference:`) and its records to its tables; the
+    run table's last column is each row's Commit (the CSV keeps the full `git_sha`)."""
     name, kind = suite.get("name"), suite.get("table") or "quant"
     if kind not in TABLE_TYPES:
         raise ValueError(f"suite {name}: table={kind!r}; valid: {', '.join(TABLE_TYPES)}")
@@ -308,7 +316,8 @@ def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
         raise ValueError(f"suite {name}: no records to tabulate")
     shown, read_reference = TABLE_TYPES[kind]
     pivot, ref_table = suite.get("pivot") or {}, suite.get("reference")
-    return SuiteTables(frame=df, main=shown(df), pivots=pivot_tables(df, **pivot) if pivot else {},
+    main = shown(df).assign(Commit=[commit(s) for s in df.get("git_sha", [None] * len(df))])
+    return SuiteTables(frame=df, main=main, pivots=pivot_tables(df, **pivot) if pivot else {},
                        layers=layer_table(records) if kind == "compression" else {},
                        reference=read_reference(ref_table) if ref_table else pd.DataFrame(),
                        pivot=pivot, reference_table=ref_table)

@@ -4,6 +4,7 @@ Written atomically (temp file in the same folder, then `os.replace`), by rank 0 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The code a run executes: its content (not mtimes) enters config_hash.
+CODE = ("lightning_modules", "datamodules", "train.py")
 # Keys that say where or how results are kept, not what was run: they do not enter config_hash.
 NOT_HASHED = ("results_dir", "run_dir", "run_name", "logger", "wandb", "suite")
 
@@ -33,7 +36,7 @@ def header(cfg: DictConfig) -> dict:
             "model": cfg.model.name, "method": cfg.method.name, "method_label": cfg.method.get("label"),
             "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")}, "precision": cfg.precision.name,
             "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),
-            "seed": int(cfg.seed)}
+            "seed": int(cfg.seed), "code_hash": code_hash(), "torch_threads": torch_threads()}
 
 
 def ordered(record: dict) -> dict:
@@ -44,23 +47,49 @@ def ordered(record: dict) -> dict:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved config minus bookkeeping keys: same hash = same experiment."""
+    """Same hash = same experiment: the resolved config minus bookkeeping keys, the code that runs
+    (`code_hash`), the torch version and the thread count the run uses (`torch_threads`)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in NOT_HASHED:
         c.pop(k, None)
     c.get("trainer", {}).pop("enable_progress_bar", None)
+    c["_runtime"] = {"code": code_hash(), "torch": torch.__version__, "threads": torch_threads()}
     blob = json.dumps(c, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def git_sha() -> str | None:
+@functools.cache
+def code_hash(root: Path = REPO) -> str:
+    """Hash of the .py files of CODE under `root`: their paths and contents (once per process)."""
+    h = hashlib.sha256()
+    for name in CODE:
+        files = [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py"))
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def torch_threads() -> int:
+    """torch's intra-op thread count for a run started in this environment: OMP_NUM_THREADS when
+    set (torch reads it at start; the suite's runs and joblib's sweep workers inherit it), else
+    torch's default here. Neither train.py nor the suite runner changes it before a run's record
+    header is written, so a suite's plan() and the run itself hash the same count (under DDP,
+    Lightning divides it among the processes later, as a function of trainer.devices)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else torch.get_num_threads()
+
+
+def git_sha(repo: Path = REPO) -> str | None:
+    """HEAD's sha, `-dirty` when tracked code or config differ from it; the harness's own outputs
+    under results/ (tables, records) do not count."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=REPO,
+        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo,
                               capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
         sha = head.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)results"], cwd=repo,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -132,3 +132,17 @@ def test_suite_runs_expand_like_hydra_multirun():
     assert expand(["method=dorefa", "bits.w=1,2", "bits.a=2,4", "seed=0"]) == [
         ["method=dorefa", f"bits.w={w}", f"bits.a={a}", "seed=0"] for w in (1, 2) for a in (2, 4)]
     assert expand(["data.root=/x", "tags=[a,b]"]) == [["data.root=/x", "tags=[a,b]"]]
+
+
+@pytest.mark.parametrize("kind", ["quant", "compression", "compact"])
+def test_every_run_table_says_each_rows_commit_and_marks_a_dirty_tree(kind, tmp_path):
+    shas = ["0123456789abcdef", "fedcba9876543210-dirty", None, "0123456789abcdef"]
+    records = [{**r, "git_sha": s} for r, s in zip(RECORDS, shas)]
+    t = tables.suite_tables({"name": "t", "table": kind}, records)
+    assert t.main.columns[-1] == "Commit"
+    assert t.main.Commit.tolist() == ["0123456", "fedcba9 dirty", "-", "0123456"]
+    paths = render.write("t", {"table": kind}, records, tmp_path)
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "| fedcba9 dirty " in md and "<td>fedcba9 dirty</td>" in page
+    assert "Commit: 0123456789abcdef, fedcba9876543210-dirty (each row's in its Commit column" in md
+    assert pd.read_csv(paths["csv"]).git_sha.fillna("-").tolist() == [s or "-" for s in shas]

@@ -1,0 +1,47 @@
+"""`make tables` (benchmarks/tables_from_records.py): the tables rebuilt from the records are
+byte for byte the ones the suite runner wrote from the same records; a committed table without
+records is left alone, said in one line."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import suite as suite_runner, tables_from_records
+from lightning_modules.record import write_json_atomic
+from tests.test_results_pipeline import SUITES, suite_records
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("name", [pytest.param(s, marks=[] if s == "smoke" else [pytest.mark.slow])
+                                  for s in SUITES if s != "adhoc"])  # adhoc: no runs, no table
+def test_the_rebuilt_tables_are_the_ones_the_suite_runner_wrote(name, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    suite, records = suite_records(name, results)
+    for path, rec in records:
+        write_json_atomic(path, rec)
+    stale = {**records[0][1], "run_name": "stale", "top1": 0.123}  # not a run of the suite: left out
+    write_json_atomic(results / "runs" / name / "stale" / "record.json", stale)
+    # every record is done except the failed ones, which "fail again" (their record stays)
+    monkeypatch.setattr(suite_runner.subprocess, "run", lambda args, **kw: subprocess.CompletedProcess(args, 1))
+    suite_runner.main([name, "--results-dir", str(results)])
+    written = files(results / "tables")
+    assert f"{name}.md" in written and b"12.30%" not in written[f"{name}.md"]
+
+    assert tables_from_records.main([name, "--results-dir", str(results), "--tables-dir", str(tmp_path / "re")]) == 0
+    assert f"from {len(records)} records" in capsys.readouterr().out
+    assert files(tmp_path / "re") == written
+
+
+def test_a_table_without_records_is_kept_and_said_in_one_line(tmp_path, capsys):
+    tables = tmp_path / "results" / "tables"
+    tables.mkdir(parents=True)
+    for table in ("smoke.md", "smoke.csv", "quant_speed.md"):  # quant_speed: a benchmark's, not a suite's
+        (tables / table).write_text(f"committed {table}\n")
+    assert tables_from_records.main(["--results-dir", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"suite smoke: no records under {tmp_path / 'results' / 'runs' / 'smoke'}: table left as it is"]
+    assert {p.name: p.read_text() for p in tables.iterdir()} == {
+        t: f"committed {t}\n" for t in ("smoke.md", "smoke.csv", "quant_speed.md")}
