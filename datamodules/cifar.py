@@ -140,7 +140,9 @@ class CIFARDataModule(pl.LightningDataModule):
                            seed=self.shuffle_seed)
 
     def val_dataloader(self):
-        return make_loader(self.val_set, self.eval_batch_size, train=False, num_workers=self.num_workers)
+        return make_loader(self.val_set, self.eval_batch_size, train=False, num_workers=self.num_workers,
+                           trainer=self.trainer)
 
     def test_dataloader(self):
-        return make_loader(self.test_set, self.eval_batch_size, train=False, num_workers=self.num_workers)
+        return make_loader(self.test_set, self.eval_batch_size, train=False, num_workers=self.num_workers,
+                           trainer=self.trainer)

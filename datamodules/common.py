@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from .fashion_mnist import DataError  # one error type for data a user must fix (train.py says it in one line)
@@ -33,8 +34,17 @@ def subset(n: int, limit: int | None) -> range:
     return range(min(n, limit) if limit else n)
 
 
-def make_loader(ds: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
-    """A DataLoader; under DDP Lightning swaps in a DistributedSampler (each rank its own shard)."""
+def make_loader(ds: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0,
+                trainer=None) -> DataLoader:
+    """A DataLoader. Training under DDP: Lightning swaps in its DistributedSampler (each rank its own
+    shard, padded so that the ranks step together). Evaluation under a DDP `trainer`: each rank
+    reads indices rank::world, unpadded (Lightning's UnrepeatedDistributedSampler, which Lightning
+    then leaves in place), so every image is counted exactly once; ranks may run one batch fewer
+    (evaluation has no per-batch collective)."""
+    sampler = None
+    if not train and trainer is not None and trainer.world_size > 1:
+        sampler = UnrepeatedDistributedSampler(ds, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                               shuffle=False)
     return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                      sampler=sampler, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(seed) if train else None)

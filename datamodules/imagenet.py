@@ -137,6 +137,7 @@ class ImageNetDataModule(pl.LightningDataModule):
 
     def _eval(self):
         ds = ImageList(self.samples["val"], transforms(False, self.crop, self.resize))
-        return make_loader(ds, self.eval_batch_size, train=False, num_workers=self.num_workers)
+        return make_loader(ds, self.eval_batch_size, train=False, num_workers=self.num_workers,
+                           trainer=self.trainer)
 
     val_dataloader = test_dataloader = _eval

@@ -36,6 +36,9 @@ class CompressionModule(pl.LightningModule):
         self.compute_dtype: str | None = None  # dtype of the logits in the first training step
         self.test_samples = torch.zeros((), dtype=torch.long)  # summed over ranks in on_test_epoch_end
         self._bad_loss = False
+        # one MethodHooks for the module's life: fit and test attach the same object, so its
+        # compression_s survives until the record is written
+        self.hooks = MethodHooks(method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -95,4 +98,5 @@ class CompressionModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval}}
 
     def configure_callbacks(self):
-        return [MethodHooks(self.method)]
+        # attached once (at fit); trainer.test finds it already there
+        return [] if self.hooks in self.trainer.callbacks else [self.hooks]

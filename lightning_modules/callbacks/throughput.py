@@ -2,9 +2,17 @@
 
 Steady state: the first `warmup_steps` training (and test) batches are excluded. Data loading is
 included: each interval runs from the end of one batch (or the start of the epoch) to the end of
-the next, so fetching the batch counts. Validation between epochs does not. On CUDA the device is
-synchronized before each clock reading. If a run has no batch after the warm-up (tiny test runs),
-all batches are used and `steady` is False.
+the next, so fetching the batch counts. Excluded from the training clock: validation (the clock
+restarts when validation ends) and the method's one-off compression work (MethodHooks times its
+`on_time` calls into `compression_s`; the seconds spent between two clock readings are
+subtracted from that interval). On CUDA the device is synchronized before each clock reading.
+
+Samples/s is global: each rank counts its own batches, and every DDP rank runs the same number of
+training steps in parallel, so the per-rank rate is multiplied by the world size.
+
+A loop with no batch after the warm-up (tiny test runs, a 2-batch test set) is measured over all
+its batches and marked `steady: False` (`train_steady` / `test_steady` in the record): such a
+figure includes the warm-up and must be marked as such wherever it is shown.
 """
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 
+from .method_hooks import MethodHooks
 from .record_fields import RecordFields
 
 
@@ -22,6 +31,7 @@ class _Clock:
     warmup: int
     seen: int = 0           # batches seen in this loop (all epochs)
     t0: float | None = None
+    excluded0: float = 0.0  # the excluded-work total at t0
     steady_s: float = 0.0
     steady_batches: int = 0
     steady_samples: int = 0
@@ -29,12 +39,13 @@ class _Clock:
     all_batches: int = 0
     all_samples: int = 0
 
-    def start(self, now: float) -> None:
-        self.t0 = now
+    def start(self, now: float, excluded: float = 0.0) -> None:
+        self.t0, self.excluded0 = now, excluded
 
-    def tick(self, now: float, samples: int) -> None:
-        dt = now - self.t0
-        self.t0 = now
+    def tick(self, now: float, samples: int, excluded: float = 0.0) -> None:
+        """One batch ended at `now`; `excluded` = the running total of excluded seconds."""
+        dt = (now - self.t0) - (excluded - self.excluded0)
+        self.t0, self.excluded0 = now, excluded
         self.seen += 1
         self.all_s += dt
         self.all_batches += 1
@@ -67,15 +78,25 @@ class ThroughputMeter(RecordFields):
         return time.perf_counter()
 
     @staticmethod
+    def _excluded(trainer) -> float:
+        """Seconds of one-off compression work so far (MethodHooks.compression_s)."""
+        return sum(cb.compression_s for cb in trainer.callbacks if isinstance(cb, MethodHooks))
+
+    @staticmethod
     def _samples(batch) -> int:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return int(x.shape[0]) if hasattr(x, "shape") else 1
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.train.start(self._now(pl_module))
+        self.train.start(self._now(pl_module), self._excluded(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.train.tick(self._now(pl_module), self._samples(batch))
+        self.train.tick(self._now(pl_module), self._samples(batch), self._excluded(trainer))
+
+    def on_validation_end(self, trainer, pl_module):
+        # validation inside a training epoch (val_check_interval < 1): the next interval starts
+        # here (at an epoch's end the next epoch restarts the clock anyway)
+        self.train.start(self._now(pl_module), self._excluded(trainer))
 
     def on_test_epoch_start(self, trainer, pl_module):
         self.test.start(self._now(pl_module))
@@ -87,6 +108,7 @@ class ThroughputMeter(RecordFields):
         tr, te = self.train.result(world_size), self.test.result(world_size)
         return {"train_it_s": tr["it_s"], "train_samples_s": tr["samples_s"],
                 "test_it_s": te["it_s"], "test_samples_s": te["samples_s"],
+                "train_steady": tr["steady"], "test_steady": te["steady"],
                 "throughput_steady": tr["steady"] and te["steady"]}
 
     def fields(self, trainer: pl.Trainer) -> dict:
