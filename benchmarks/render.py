@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import plots
+from benchmarks import plots, tables
 from benchmarks.tables import SuiteTables, suite_tables
 
 STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -22,9 +22,11 @@ def header(name: str, description: str, df: pd.DataFrame) -> list[str]:
     return [f"Suite `{name}`: {description}",
             f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(shas) or 'unknown'} "
             "(each row's in its Commit column; dirty: the run's code or config differed from it).",
-            "Throughput is measured over steady-state steps (warm-up excluded, data loading "
-            "included) at the run's batch size; Footprint is the exported weights file, "
-            "ckpt the Lightning checkpoint."]
+            ("Throughput is measured over steady-state steps (warm-up excluded" if tables.all_steady(df) else
+             f"Throughput is measured over steady-state steps (warm-up excluded; {tables.NOT_STEADY}: too few "
+             "batches after the warm-up, measured over all of them)")
+            + ", data loading included, validation and one-off compression work excluded) at the run's "
+            "batch size; Footprint is the exported weights file, ckpt the Lightning checkpoint."]
 
 
 def markdown(t: SuiteTables) -> list[str]:

@@ -53,10 +53,28 @@ def _pct(x) -> str:
     return "-" if x is None or pd.isna(x) else f"{100 * x:.2f}%"
 
 
-def _speed(it_s, samples_s) -> str:
+NOT_STEADY = "†"  # a figure over all batches: too few after the warm-up for a steady state
+
+
+def _speed(it_s, samples_s, steady=True) -> str:
     if it_s is None or pd.isna(it_s):
         return "-"
-    return f"{it_s:.2f} it/s ({samples_s:,.0f} img/s)"
+    return f"{it_s:.2f} it/s ({samples_s:,.0f} img/s)" + (f" {NOT_STEADY}" if steady is False else "")
+
+
+def speeds(df: pd.DataFrame, loop: str) -> list[str]:
+    """The `loop` ("train" or "test") throughput cells, marked where the record says the figure
+    is not steady (`<loop>_steady`; older records: `throughput_steady`)."""
+    col = lambda k: df[k] if k in df else pd.Series(None, index=df.index, dtype=object)  # noqa: E731
+    flags = [a if a is not None and not pd.isna(a) else b
+             for a, b in zip(col(f"{loop}_steady"), col("throughput_steady"))]
+    flags = [None if f is None or pd.isna(f) else bool(f) for f in flags]
+    return [_speed(a, b, f) for a, b, f in zip(df[f"{loop}_it_s"], df[f"{loop}_samples_s"], flags)]
+
+
+def all_steady(df: pd.DataFrame) -> bool:
+    """Whether no throughput figure of the table is marked not steady."""
+    return not any(NOT_STEADY in c for loop in ("train", "test") if f"{loop}_it_s" in df for c in speeds(df, loop))
 
 
 def _ratio(x, ref) -> str:
@@ -91,8 +109,8 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "Bitwidth/method": df.label,
         "model": df.model,
-        "Thruput. (Training)": [_speed(a, b) for a, b in zip(df.train_it_s, df.train_samples_s)],
-        "Thruput. (Test)": [_speed(a, b) for a, b in zip(df.test_it_s, df.test_samples_s)],
+        "Thruput. (Training)": speeds(df, "train"),
+        "Thruput. (Test)": speeds(df, "test"),
         "Precision@1": [_pct(x) if s == "ok" else s for x, s in zip(df.top1, df.status)],
         "Precision@5": [_pct(x) if s == "ok" else s for x, s in zip(df.top5, df.status)],
         "Footprint": [f"{human_bytes(f)} (ckpt {human_bytes(c)})"
@@ -167,7 +185,7 @@ def display_compression(df: pd.DataFrame) -> pd.DataFrame:
         "File rate": _ratio_series(of("footprint_bytes"), df.footprint_bytes),
         "FLOPs": [_count(f) for f in flops],
         "BOPs": _cost_columns(df)["BOPs"],
-        "Thruput. (Test)": [_speed(a, b) for a, b in zip(df.test_it_s, df.test_samples_s)],
+        "Thruput. (Test)": speeds(df, "test"),
         "Test ×FP32": [_ratio(x, 1.0) for x in df.test_it_s_vs_fp32],
     })[COMPRESSION_COLUMNS]
 
@@ -192,8 +210,8 @@ def display_compact(df: pd.DataFrame) -> pd.DataFrame:
         "FLOPs eff.": [_count(n) for n in col("flops_effective")],
         "Footprint": [human_bytes(f) for f in df.footprint_bytes],
         "Size ×": _ratio_series(pd.Series(first, index=df.index), df.footprint_bytes),
-        "Thruput. (Training)": [_speed(a, b) for a, b in zip(df.train_it_s, df.train_samples_s)],
-        "Thruput. (Test)": [_speed(a, b) for a, b in zip(df.test_it_s, df.test_samples_s)],
+        "Thruput. (Training)": speeds(df, "train"),
+        "Thruput. (Test)": speeds(df, "test"),
     })[COMPACT_COLUMNS]
 
 

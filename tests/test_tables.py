@@ -146,3 +146,17 @@ def test_every_run_table_says_each_rows_commit_and_marks_a_dirty_tree(kind, tmp_
     assert "| fedcba9 dirty " in md and "<td>fedcba9 dirty</td>" in page
     assert "Commit: 0123456789abcdef, fedcba9876543210-dirty (each row's in its Commit column" in md
     assert pd.read_csv(paths["csv"]).git_sha.fillna("-").tolist() == [s or "-" for s in shas]
+
+
+def test_a_figure_that_is_not_steady_is_marked_and_the_header_says_so():
+    from benchmarks import render
+    steady = rec("lenet5", "32", 100.0, 50.0, 0.9, train_steady=True, test_steady=True)
+    short = rec("lenet5", "32", 100.0, 50.0, 0.9, method="xnor", train_steady=True, test_steady=False)
+    df = tables.frame([steady, short])
+    assert tables.speeds(df, "test")[0].endswith("img/s)") and tables.speeds(df, "test")[1].endswith(" †")
+    assert not tables.speeds(df, "train")[1].endswith("†")
+    assert tables.all_steady(tables.frame([steady])) and not tables.all_steady(df)
+    assert "†: too few batches" in render.header("s", "", df)[2]
+    assert "†" not in render.header("s", "", tables.frame([steady]))[2]
+    old = {k: v for k, v in short.items() if k not in ("train_steady", "test_steady")}
+    assert tables.speeds(tables.frame([{**old, "throughput_steady": False}]), "train")[0].endswith(" †")
