@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from lightning_modules.config_check import ConfigError, check_overrides
@@ -63,3 +64,9 @@ def test_one_override_adds_early_stopping_and_a_checkpoint_to_a_real_run(tmp_pat
     assert rec["status"] == "ok" and rec["train_it_s"] > 0  # the default callbacks still measure
     run_dir = tmp_path / "runs" / "adhoc" / rec["run_name"]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "last.ckpt").is_file()
+    # the validation figures of the record: the last epoch's val/top1, the best one and its epoch,
+    # as Lightning's own ModelCheckpoint (monitor val/top1, mode max) saw them (the 500-image split)
+    (ck,) = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert rec["val_top1_best"] == pytest.approx(float(ck.best_model_score))
+    assert rec["val_best_epoch"] == torch.load(ck.best_model_path, weights_only=False)["epoch"]
+    assert 0 < rec["val_top1_last"] <= rec["val_top1_best"] <= 1

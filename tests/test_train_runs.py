@@ -30,6 +30,8 @@ def test_record_contract(runs):
     assert rec["bits"] == {"w": 32, "a": 32, "g": 32} and rec["precision"] == "32"
     assert rec["dataset"] == "fashion_mnist" and rec["epochs"] == 1 and rec["batch_size"] == 32
     assert 0 < rec["top1"] <= rec["top5"] <= 1 and rec["test_samples"] == 1000
+    # one epoch, validated once on the val split: last = best, at epoch 0
+    assert 0 < rec["val_top1_last"] == rec["val_top1_best"] <= 1 and rec["val_best_epoch"] == 0
     assert rec["params"] == 266_610 and 0.99 * rec["params"] < rec["nonzero_params"] <= rec["params"]
     for k in ("train_it_s", "train_samples_s", "test_it_s", "test_samples_s", "wall_s"):
         assert rec[k] > 0, k
