@@ -1,6 +1,9 @@
 """Run a suite: `python -m benchmarks.suite <name> [--results-dir DIR] [key=value ...]`.
 
-A suite is `conf/suite/<name>.yaml`: `common` overrides plus a list of `runs` (override lists).
+A suite is `conf/suite/<name>.yaml`: `common` overrides plus a list of `runs` (override lists),
+and optionally `seeds: [0, 1, 2]`: every run once per seed (the `seed=` override; run names end
+in -s<seed>), run by run. A run that sets `seed=` itself (e.g. `"seed=1,2"`, swept as any key) or
+a `seed=` on the command line is not expanded over the suite's seeds.
 Each run is a separate `train.py` process (a crash or a DDP launch cannot disturb the others).
 A run whose record exists with status ok and the same config_hash is skipped, so an interrupted
 suite resumes where it stopped. Then the table is rebuilt from the records:
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from benchmarks import render, wandb_suite
 from lightning_modules.config_check import ConfigError, check_overrides, choices, normalize_overrides
@@ -39,18 +42,46 @@ def expand(run: list[str]) -> list[list[str]]:
     return out
 
 
+def suite_seeds(name: str, value) -> list[int] | None:
+    """The suite's `seeds:` as a list of distinct integers (None: the key is absent); any other
+    shape is a ConfigError of one line."""
+    if value is None:
+        return None
+    if isinstance(value, ListConfig):
+        value = OmegaConf.to_container(value)
+    if not (isinstance(value, list) and value and len(set(value)) == len(value)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
+        raise ConfigError(f"suite {name}: seeds={value!r}: not a list of distinct integers; "
+                          "valid: e.g. seeds: [0, 1, 2], or no seeds key (one run per entry)")
+    return value
+
+
+def with_seeds(runs: list[list[str]], seeds: list[int] | None, extra: list[str] = ()) -> list[list[str]]:
+    """Each run once per seed (`seed=<s>` appended), run by run; runs that set `seed=` themselves,
+    or all of them when `extra` does, are left as they are."""
+    sets_seed = lambda ovs: any(o.partition("=")[0].lstrip("+~") == "seed" for o in ovs)  # noqa: E731
+    if not seeds or sets_seed(extra):
+        return runs
+    return [r2 for r in runs for r2 in ([r] if sets_seed(r) else [[*r, f"seed={s}"] for s in seeds])]
+
+
 def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list[dict]]:
     """The suite's config and, per run, its overrides, composed config, config_hash and record path."""
     if name not in choices("suite"):
         raise ConfigError(f"SUITE={name}: unknown suite; valid: {', '.join(choices('suite'))}")
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         suite = compose("config", overrides=[f"suite={name}"]).suite
-        runs = []
-        for run in (r for spec in suite.runs for r in expand(list(spec))):
+        seeds = suite_seeds(name, suite.get("seeds"))
+        runs, seen = [], set()
+        for run in with_seeds([r for spec in suite.runs for r in expand(list(spec))], seeds, extra):
             overrides = normalize_overrides(
                 [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"])
             check_overrides(overrides)
             cfg = compose("config", overrides=overrides)
+            if cfg.run_dir in seen:
+                raise ConfigError(f"suite {name}: run {cfg.run_name} is listed twice; valid: each run "
+                                  "once (give runs that differ only by seed distinct seeds)")
+            seen.add(cfg.run_dir)
             runs.append({"overrides": overrides, "config_hash": config_hash(cfg), "cfg": cfg,
                          "record": Path(cfg.run_dir) / "record.json", "run_name": cfg.run_name})
     return OmegaConf.to_container(suite, resolve=True), runs
