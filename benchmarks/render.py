@@ -16,17 +16,23 @@ STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
          "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}")
 
 
-def header(name: str, description: str, df: pd.DataFrame) -> list[str]:
+def header(name: str, description: str, df: pd.DataFrame, seeded: bool = False) -> list[str]:
     hw = sorted(set(df.hardware.dropna())) if "hardware" in df else []
     shas = sorted(set(df.git_sha.dropna())) if "git_sha" in df else []
-    return [f"Suite `{name}`: {description}",
+    out = [f"Suite `{name}`: {description}",
             f"Hardware: {'; '.join(hw) or 'unknown'}. Commit: {', '.join(shas) or 'unknown'} "
             "(each row's in its Commit column; dirty: the run's code or config differed from it).",
             ("Throughput is measured over steady-state steps (warm-up excluded" if tables.all_steady(df) else
              f"Throughput is measured over steady-state steps (warm-up excluded; {tables.NOT_STEADY}: too few "
              "batches after the warm-up, measured over all of them)")
             + ", data loading included, validation and one-off compression work excluded) at the run's "
-            "batch size; Footprint is the exported weights file, ckpt the Lightning checkpoint."]
+            "batch size; Footprint is the exported weights file, ckpt the Lightning checkpoint.",
+            "Val P@1 (Val Top-1 Error): the last epoch's, on the validation split held out of the "
+            "training set; Precision@1/5 (Top-1/5 Error) on the test set."]
+    if seeded:
+        out.append("Rows of several seeds: mean ± sample std (n=runs) of Precision@1/5, Val P@1 and "
+                   "throughput; other columns from the lowest seed's run; the CSV has one row per run.")
+    return out
 
 
 def markdown(t: SuiteTables) -> list[str]:
@@ -64,7 +70,7 @@ def write(name: str, suite: dict, records: list[dict], out_dir: Path) -> dict[st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = suite_tables(suite, records)
-    head = header(name, suite.get("description", ""), t.frame)
+    head = header(name, suite.get("description", ""), t.frame, seeded=len(t.main) < len(t.frame))
     paths = {"md": out_dir / f"{name}.md", "csv": out_dir / f"{name}.csv", "html": out_dir / f"{name}.html"}
     png = plots.suite_plots(name, t.frame, out_dir, which=("footprint",)) if suite.get("plot") else {}
     md = [f"# {name}", "", *[line + "  " for line in head], "", *markdown(t)]

@@ -77,13 +77,14 @@ def paper_delta(df: pd.DataFrame, table: str | None, csv_path: Path = tables.REF
 
 
 def suite_table(records: list[dict], cfg: dict) -> tuple[tables.SuiteTables, pd.DataFrame]:
-    """(the suite's tables, as results/tables/ shows them; per row its status with the error of a
-    failed run and its Δ vs paper)."""
+    """(the suite's tables, as results/tables/ shows them; per record (run) its row's name, seed,
+    status with the error of a failed run and its Δ vs paper)."""
     t = tables.suite_tables(cfg, records)
     df = t.frame
     errors = df.get("error", pd.Series(None, index=df.index))
     notes = pd.DataFrame({
-        t.main.columns[0]: t.main.iloc[:, 0], "model": df.model,
+        t.main.columns[0]: t.main.iloc[:, 0].to_numpy()[t.row_of], "model": df.model,
+        "seed": df.get("seed", pd.Series(None, index=df.index)),
         "status": [f"{s}: {e}" if s == "failed" and isinstance(e, str) else s for s, e in zip(df.status, errors)],
         "Δ vs paper": paper_delta(df, cfg.get("reference"))})
     return t, notes

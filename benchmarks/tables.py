@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.seeds import aggregate, cell, stats
 from lightning_modules.record import hardware_line
 
 REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_numbers.csv"
 PRECISION_LABELS = {"32": "FP (32)", "16-mixed": "FP (16) w/ LS", "16-mixed-noscale": "FP (16) wo/ LS",
                     "bf16-mixed": "BF (16)"}
 COLUMNS = ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)", "Precision@1",
-           "Precision@5", "Footprint", "Train ×FP32", "Test ×FP32", "compute dtype", "Params",
+           "Val P@1", "Precision@5", "Footprint", "Train ×FP32", "Test ×FP32", "compute dtype", "Params",
            "FLOPs", "BOPs"]
 
 
@@ -53,13 +54,29 @@ def _pct(x) -> str:
     return "-" if x is None or pd.isna(x) else f"{100 * x:.2f}%"
 
 
+def pct_cells(df: pd.DataFrame, col: str, error: bool = False, status: bool = True) -> list[str]:
+    """`col` (a fraction) as percent per row, `mean% ± std% (n=k)` for rows of several seeds
+    (benchmarks/seeds.py); 1 - mean with `error`; a run that did not finish shows its status."""
+    st = df.status if status and "status" in df else pd.Series("ok", index=df.index)
+    one = (lambda m: _pct(1 - m)) if error else _pct
+    return [cell(m, sd, n, one, _pct) if s == "ok" else str(s) for (m, sd, n), s in zip(stats(df, col), st)]
+
+
+def val_cells(df: pd.DataFrame, error: bool = False) -> list[str]:
+    """Validation P@1 (the last epoch's, on the split held out of the training set; the model
+    that was tested), "-" for runs without validation."""
+    return pct_cells(df, "val_top1_last", error=error, status=False)
+
+
 NOT_STEADY = "†"  # a figure over all batches: too few after the warm-up for a steady state
 
 
-def _speed(it_s, samples_s, steady=True) -> str:
+def _speed(it_s, samples_s, steady=True, std=None, n=1) -> str:
     if it_s is None or pd.isna(it_s):
         return "-"
-    return f"{it_s:.2f} it/s ({samples_s:,.0f} img/s)" + (f" {NOT_STEADY}" if steady is False else "")
+    spread = "" if n is None or pd.isna(n) or n <= 1 or std is None or pd.isna(std) else f" ± {std:.2f}"
+    out = f"{it_s:.2f}{spread} it/s ({samples_s:,.0f} img/s)" + (f" {NOT_STEADY}" if steady is False else "")
+    return out + (f" (n={int(n)})" if spread else "")
 
 
 def speeds(df: pd.DataFrame, loop: str) -> list[str]:
@@ -69,7 +86,8 @@ def speeds(df: pd.DataFrame, loop: str) -> list[str]:
     flags = [a if a is not None and not pd.isna(a) else b
              for a, b in zip(col(f"{loop}_steady"), col("throughput_steady"))]
     flags = [None if f is None or pd.isna(f) else bool(f) for f in flags]
-    return [_speed(a, b, f) for a, b, f in zip(df[f"{loop}_it_s"], df[f"{loop}_samples_s"], flags)]
+    return [_speed(a, b, f, sd, n) for (a, sd, n), b, f in
+            zip(stats(df, f"{loop}_it_s"), df[f"{loop}_samples_s"], flags)]
 
 
 def all_steady(df: pd.DataFrame) -> bool:
@@ -93,8 +111,11 @@ def frame(records: list[dict]) -> pd.DataFrame:
         row["hardware"] = hardware_line(r["hardware"]) if r.get("hardware") else None
         rows.append(row)
     df = pd.DataFrame(rows)
-    if df.empty:
-        return df
+    return fp32_ratios(df) if not df.empty else df
+
+
+def fp32_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """`train_it_s_vs_fp32`, `test_it_s_vs_fp32`: throughput over the same model's FP32 run."""
     # each model's FP32 run (a finished one; the last if several) is the throughput reference
     fp32 = df[(df.method == "fp32") & (df.precision == "32") & (df.status == "ok")]
     fp32 = fp32.drop_duplicates("model", keep="last").set_index("model")
@@ -111,8 +132,9 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
         "model": df.model,
         "Thruput. (Training)": speeds(df, "train"),
         "Thruput. (Test)": speeds(df, "test"),
-        "Precision@1": [_pct(x) if s == "ok" else s for x, s in zip(df.top1, df.status)],
-        "Precision@5": [_pct(x) if s == "ok" else s for x, s in zip(df.top5, df.status)],
+        "Precision@1": pct_cells(df, "top1"),
+        "Val P@1": val_cells(df),
+        "Precision@5": pct_cells(df, "top5"),
         "Footprint": [f"{human_bytes(f)} (ckpt {human_bytes(c)})"
                       for f, c in zip(df.footprint_bytes, df.checkpoint_bytes)],
         "Train ×FP32": [_ratio(x, 1.0) for x in df.train_it_s_vs_fp32],
@@ -131,7 +153,7 @@ def _cost_columns(df: pd.DataFrame) -> dict[str, list[str]]:
             "BOPs": [_count(n) for n in col("bops")]}
 
 
-COMPRESSION_COLUMNS = ["Network", "model", "Top-1 Error", "Top-5 Error", "Parameters",
+COMPRESSION_COLUMNS = ["Network", "model", "Top-1 Error", "Val Top-1 Error", "Top-5 Error", "Parameters",
                        "Compress. rate", "Footprint", "File rate", "FLOPs", "BOPs", "Thruput. (Test)",
                        "Test ×FP32"]
 
@@ -144,10 +166,6 @@ def _count(n) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return f"{n:.0f}"
-
-
-def _err(x, status) -> str:
-    return _pct(1 - x) if status == "ok" and x is not None and not pd.isna(x) else str(status)
 
 
 # row names of methods whose config has no `label` (the documents' words)
@@ -177,8 +195,9 @@ def display_compression(df: pd.DataFrame) -> pd.DataFrame:
         "Network": [f"{m} {_row_name(meth, lab)}"
                     for m, meth, lab in zip(df.model, df.method, df.get("method_label", df.method))],
         "model": df.model,
-        "Top-1 Error": [_err(x, s) for x, s in zip(df.top1, df.status)],
-        "Top-5 Error": [_err(x, s) for x, s in zip(df.top5, df.status)],
+        "Top-1 Error": pct_cells(df, "top1", error=True),
+        "Val Top-1 Error": val_cells(df, error=True),
+        "Top-5 Error": pct_cells(df, "top5", error=True),
         "Parameters": [_count(n) for n in nz],
         "Compress. rate": _ratio_series(of("params"), nz),
         "Footprint": [human_bytes(f) for f in df.footprint_bytes],
@@ -190,7 +209,7 @@ def display_compression(df: pd.DataFrame) -> pd.DataFrame:
     })[COMPRESSION_COLUMNS]
 
 
-COMPACT_COLUMNS = ["Network", "model", "Precision@1", "Precision@5", "Params", "FLOPs", "BOPs",
+COMPACT_COLUMNS = ["Network", "model", "Precision@1", "Val P@1", "Precision@5", "Params", "FLOPs", "BOPs",
                    "FLOPs eff.", "Footprint", "Size ×", "Thruput. (Training)", "Thruput. (Test)"]
 
 
@@ -204,8 +223,9 @@ def display_compact(df: pd.DataFrame) -> pd.DataFrame:
         "Network": [m if meth == "fp32" else f"{m} + {lab if isinstance(lab, str) and lab else meth}"
                     for m, meth, lab in zip(df.model, df.method, col("method_label"))],
         "model": df.model,
-        "Precision@1": [_pct(x) if s == "ok" else s for x, s in zip(df.top1, df.status)],
-        "Precision@5": [_pct(x) if s == "ok" else s for x, s in zip(df.top5, df.status)],
+        "Precision@1": pct_cells(df, "top1"),
+        "Val P@1": val_cells(df),
+        "Precision@5": pct_cells(df, "top5"),
         **_cost_columns(df),
         "FLOPs eff.": [_count(n) for n in col("flops_effective")],
         "Footprint": [human_bytes(f) for f in df.footprint_bytes],
@@ -286,11 +306,13 @@ def reference(table: str, csv_path: Path = REFERENCE_CSV) -> pd.DataFrame:
 
 def pivot_tables(df: pd.DataFrame, rows: str = "bits_w", cols: str = "bits_a",
                  value: str = "top1") -> dict[str, pd.DataFrame]:
-    """Per method: `value` with `rows` down and `cols` across (a W x A table of P@1)."""
+    """Per method: `value` with `rows` down and `cols` across (a W x A table of P@1; mean ± std
+    (n) where `df` holds several seeds of a cell, as suite_tables' aggregated rows)."""
     out = {}
     for method, g in df[df.status == "ok"].groupby("method", sort=False):
-        t = g.pivot_table(index=rows, columns=cols, values=value, aggfunc="last").sort_index()
-        t = t[sorted(t.columns)].map(_pct)
+        g = g.assign(_cell=pct_cells(g, value)).drop_duplicates([rows, cols], keep="last")
+        t = g.pivot(index=rows, columns=cols, values="_cell").sort_index()
+        t = t[sorted(t.columns)].fillna("-")
         t.index = [f"W{w}" for w in t.index]
         t.columns = [f"A{a}" for a in t.columns]
         out[str(g.get("method_label", g.method).iloc[0] or method)] = t
@@ -313,6 +335,7 @@ class SuiteTables:
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # `reference:`, published rows
     pivot: dict = field(default_factory=dict)  # the `pivot:` spec (rows, cols, value)
     reference_table: str | None = None         # the `reference:` name in paper_numbers.csv
+    row_of: list[int] = field(default_factory=list)  # per frame row (record), its row in `main`
 
 
 def commit(sha) -> str:
@@ -325,7 +348,12 @@ def commit(sha) -> str:
 def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
     """THE function from a suite's config (conf/suite/<name>.yaml as a dict: its `table:` type,
     quant, compression or compact; `pivot:`; `reference:`) and its records to its tables; the
-    run table's last column is each row's Commit (the CSV keeps the full `git_sha`)."""
+    run table's last column is each row's Commit (the CSV keeps the full `git_sha`).
+
+    Records that differ only by seed are one row of the run table and the pivots
+    (benchmarks/seeds.py): Precision@1/5, validation P@1 and throughput as `mean ± std (n=k)`
+    (sample std), every other column from the lowest-seed finished run, its per-layer table
+    too, Commit listing every run's. `frame`, the CSV, keeps one row per record."""
     name, kind = suite.get("name"), suite.get("table") or "quant"
     if kind not in TABLE_TYPES:
         raise ValueError(f"suite {name}: table={kind!r}; valid: {', '.join(TABLE_TYPES)}")
@@ -334,8 +362,12 @@ def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
         raise ValueError(f"suite {name}: no records to tabulate")
     shown, read_reference = TABLE_TYPES[kind]
     pivot, ref_table = suite.get("pivot") or {}, suite.get("reference")
-    main = shown(df).assign(Commit=[commit(s) for s in df.get("git_sha", [None] * len(df))])
-    return SuiteTables(frame=df, main=main, pivots=pivot_tables(df, **pivot) if pivot else {},
-                       layers=layer_table(records) if kind == "compression" else {},
+    rows, row_of = aggregate(df)
+    rows = fp32_ratios(rows)
+    main = shown(rows).assign(Commit=[", ".join(dict.fromkeys(commit(s) for s in shas))
+                                      for shas in rows.git_shas])
+    shown_records = [records[p] for p in rows.record_pos]  # each row's lowest-seed finished run
+    return SuiteTables(frame=df, main=main, pivots=pivot_tables(rows, **pivot) if pivot else {},
+                       layers=layer_table(shown_records) if kind == "compression" else {},
                        reference=read_reference(ref_table) if ref_table else pd.DataFrame(),
-                       pivot=pivot, reference_table=ref_table)
+                       pivot=pivot, reference_table=ref_table, row_of=row_of)

@@ -39,7 +39,10 @@ def log_suite(name: str, cfg: dict, records: list[dict], results_dir: Path, proj
                      mode="offline" if offline() else "online",
                      config={"suite": name, "description": cfg.get("description", ""), "runs": len(records),
                              "reference": cfg.get("reference")})
-    shown = pd.concat([t.main, notes[["status", "Δ vs paper"]]], axis=1)
+    # a row of several seeds: its runs' distinct statuses and Δs, joined
+    per_row = notes[["status", "Δ vs paper"]].astype(str).groupby(t.row_of).agg(
+        lambda s: "; ".join(dict.fromkeys(s)))
+    shown = pd.concat([t.main, per_row], axis=1)
     logged = {"comparison": wandb.Table(dataframe=shown.astype(str))}
     for label, p in t.pivots.items():
         logged[f"pivot/{label}"] = wandb.Table(dataframe=p.reset_index(names="W").astype(str))

@@ -18,17 +18,18 @@ def rec(model, precision, train_it, test_it, top1, method="fp32", bits=(32, 32, 
             **kw}
 
 
-RECORDS = [rec("lenet5", "32", 50.0, 10.0, 0.9012), rec("lenet5", "16-mixed", 10.0, 2.0, 0.8999),
+RECORDS = [rec("lenet5", "32", 50.0, 10.0, 0.9012, val_top1_last=0.9104), rec("lenet5", "16-mixed", 10.0, 2.0, 0.8999),
            rec("lenet5", "16-mixed-noscale", 12.5, 2.5, None, status="diverged"),
            rec("lenet5", "32", 20.0, 5.0, 0.80, method="dorefa", bits=(1, 2, 6), method_label="DoReFa-Net")]
 
 
 def test_rows_in_the_documents_shape():
     shown = tables.display(tables.frame(RECORDS))
-    assert list(shown.columns)[:7] == ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)",
-                                       "Precision@1", "Precision@5", "Footprint"]
+    assert list(shown.columns)[:8] == ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)",
+                                       "Precision@1", "Val P@1", "Precision@5", "Footprint"]
     assert shown["Bitwidth/method"].tolist() == ["FP (32)", "FP (16) w/ LS", "FP (16) wo/ LS", "DoReFa-Net (1,2,6)"]
     assert shown["Precision@1"].tolist() == ["90.12%", "89.99%", "diverged", "80.00%"]
+    assert shown["Val P@1"].tolist() == ["91.04%", "-", "-", "-"]  # records without validation: "-"
     assert shown["Thruput. (Training)"][1] == "10.00 it/s (320 img/s)"
     assert shown["Train ×FP32"].tolist() == ["1.00×", "0.20×", "0.25×", "0.40×"]
     assert shown["Footprint"][0] == "1.73 MB (ckpt 5.19 MB)"
