@@ -22,13 +22,11 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from benchmarks import render, tables
+from benchmarks import published, render, tables
 from benchmarks.plots import slug, suite_plots
 from lightning_modules.record import git_sha, hardware_line, read_record
 
 REPO = Path(__file__).resolve().parents[1]
-# the paper's model names (benchmarks/reference/paper_numbers.csv) -> ours
-PAPER_MODELS = {"LeNet-300-100": "lenet300", "LeNet-5": "lenet5"}
 
 
 def load_records(results_dir: Path) -> dict[str, list[dict]]:
@@ -50,30 +48,11 @@ def suite_config(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {"name": name}
 
 
-def paper_delta(df: pd.DataFrame, table: str | None, csv_path: Path = tables.REFERENCE_CSV) -> list[str]:
+def paper_delta(df: pd.DataFrame, table: str | None, csv_path: Path | None = None) -> list[str]:
     """Per row: our Precision@1 minus the paper's (points) where the paper has the same model,
-    method, precision and bits; where it has the row for other models only (the documents'
-    ImageNet table), their training throughput relative to FP32, to set beside ours."""
-    if not table:
-        return ["-"] * len(df)
-    ref = pd.read_csv(csv_path, dtype={"precision": str})
-    ref = ref[ref.table == table]
-    fp = ref[(ref.method == "fp32") & (ref.precision == "32")].set_index("model").train_it_s
-    out = []
-    for r in df.itertuples():
-        same = ref[(ref.method == r.method) & (ref.precision == str(r.precision)) & (ref.w == r.bits_w)
-                   & (ref.a == r.bits_a) & (ref.g == r.bits_g)]
-        mine = same[same.model.map(PAPER_MODELS) == r.model]
-        if not mine.empty and r.status == "ok" and not pd.isna(r.top1):
-            p = mine.iloc[-1]
-            out.append(f"{100 * (r.top1 - p.top1):+.2f} pts P@1 vs {p.label} ({p.dataset})")
-        elif not same.empty:
-            ratios = [f"{m} {t / fp[m]:.2f}×" for m, t in zip(same.model, same.train_it_s)
-                      if m in fp and not pd.isna(t)]
-            out.append(f"paper train ×FP32: {', '.join(ratios)}" if ratios else "-")
-        else:
-            out.append("-")
-    return out
+    method, precision, bits and dataset; else the closest published row (same method), named with
+    its model and dataset, without Δ (benchmarks/published.py)."""
+    return published.notes(published.annotate(df, table, csv_path))
 
 
 def suite_table(records: list[dict], cfg: dict) -> tuple[tables.SuiteTables, pd.DataFrame]:

@@ -10,7 +10,9 @@ The quant columns, as in the documents: Bitwidth/method | model | Thruput. (Trai
 Thruput. (Test) | Precision@1 | Precision@5 | Footprint, plus throughput relative to the same
 model's FP (32) row (the only speed figure comparable across machines) and the dtype the forward
 pass really ran in.
-Published numbers come from benchmarks/reference/paper_numbers.csv and are shown beside ours.
+Published numbers come from benchmarks/reference/paper_numbers.csv and are shown beside ours
+(benchmarks/published.py: Δ P@1 only on an exact match of model, method, bits and dataset; else
+the closest published row, named with its model and dataset, without Δ).
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks import published
+from benchmarks.published import REFERENCE_CSV  # noqa: F401  (the CSV, named where it was before)
 from benchmarks.seeds import aggregate, cell, stats
 from lightning_modules.record import hardware_line
 
-REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_numbers.csv"
 PRECISION_LABELS = {"32": "FP (32)", "16-mixed": "FP (16) w/ LS", "16-mixed-noscale": "FP (16) wo/ LS",
                     "bf16-mixed": "BF (16)"}
 COLUMNS = ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)", "Precision@1",
@@ -240,18 +243,20 @@ def _ratio_series(num: pd.Series, den: pd.Series) -> list[str]:
             for a, b in zip(num, den)]
 
 
-def reference_compression(table: str, csv_path: Path = REFERENCE_CSV) -> pd.DataFrame:
-    """Published rows of a pruning / weight-sharing table (errors, parameters, size, rate)."""
-    ref = pd.read_csv(csv_path, dtype={"precision": str})
-    ref = ref[ref.table == table]
+def reference_compression(table: str, df: pd.DataFrame | None = None,
+                          csv_path: Path | None = None) -> pd.DataFrame:
+    """Published rows of a pruning / weight-sharing table (errors, parameters, size, rate), each
+    with the runs of `df` (an annotated frame) it stands beside: Match and Δ P@1 (published.beside)."""
+    ref = published.read(table, csv_path)
     if ref.empty:
         return ref
+    match, delta = published.beside(ref, df)
     return pd.DataFrame({
-        "Network": ref.label, "dataset": ref.dataset,
+        "Network": ref.label, "model": ref.model, "dataset": ref.dataset,
         "Top-1 Error": ref.top1.map(lambda v: _pct(1 - v) if not pd.isna(v) else "-"),
         "Top-5 Error": ref.top5.map(lambda v: _pct(1 - v) if not pd.isna(v) else "-"),
         "Parameters": ref.params.fillna("-"), "Footprint": ref.footprint.fillna("-"),
-        "rate": ref.rate.fillna("-"), "source": ref.source,
+        "rate": ref.rate.fillna("-"), "Match": match, "Δ P@1": delta, "source": ref.source,
     })
 
 
@@ -285,23 +290,26 @@ def layer_table(records: list[dict]) -> dict[str, pd.DataFrame]:
     return out
 
 
-def reference(table: str, csv_path: Path = REFERENCE_CSV) -> pd.DataFrame:
-    """The published rows of `table`, with throughput relative to the same model's FP (32) row."""
-    ref = pd.read_csv(csv_path, dtype={"precision": str})
-    ref = ref[ref.table == table].copy()
+def reference(table: str, df: pd.DataFrame | None = None, csv_path: Path | None = None) -> pd.DataFrame:
+    """The published rows of `table`, with throughput relative to the same model's FP (32) row,
+    each with the runs of `df` (an annotated frame) it stands beside: Match (exact or closest
+    published) and Δ P@1 on exact matches only (published.beside)."""
+    ref = published.read(table, csv_path)
     if ref.empty:
         return ref
-    fp = ref[(ref.method == "fp32") & (ref.precision == "32")].set_index("model")
-    return pd.DataFrame({
+    fp = ref[(ref.method == "fp32") & (ref.precision == "32")].drop_duplicates("model").set_index("model")
+    it_s = lambda v: "-" if pd.isna(v) else f"{v:.2f} it/s"  # noqa: E731
+    match, delta = published.beside(ref, df)
+    out = pd.DataFrame({
         "Bitwidth/method": ref.label, "model": ref.model, "dataset": ref.dataset,
-        "Thruput. (Training)": ref.train_it_s.map(lambda v: f"{v:.2f} it/s"),
-        "Thruput. (Test)": ref.test_it_s.map(lambda v: f"{v:.2f} it/s"),
+        "Thruput. (Training)": ref.train_it_s.map(it_s), "Thruput. (Test)": ref.test_it_s.map(it_s),
         "Precision@1": ref.top1.map(_pct), "Precision@5": ref.top5.map(_pct),
-        "Footprint": ref.footprint,
+        "Footprint": ref.footprint.fillna("-"), "Params": ref.params.fillna("-"),
         "Train ×FP32": [_ratio(x, fp.train_it_s.get(m)) for x, m in zip(ref.train_it_s, ref.model)],
         "Test ×FP32": [_ratio(x, fp.test_it_s.get(m)) for x, m in zip(ref.test_it_s, ref.model)],
-        "source": ref.source,
+        "Match": match, "Δ P@1": delta, "source": ref.source,
     })
+    return out.drop(columns="Params") if ref.params.isna().all() else out
 
 
 def pivot_tables(df: pd.DataFrame, rows: str = "bits_w", cols: str = "bits_a",
@@ -360,6 +368,7 @@ def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
     df = frame(records)
     if df.empty:
         raise ValueError(f"suite {name}: no records to tabulate")
+    df = published.annotate(df, suite.get("reference"))  # paper_* columns: exact / closest published, Δ
     shown, read_reference = TABLE_TYPES[kind]
     pivot, ref_table = suite.get("pivot") or {}, suite.get("reference")
     rows, row_of = aggregate(df)
@@ -369,5 +378,5 @@ def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
     shown_records = [records[p] for p in rows.record_pos]  # each row's lowest-seed finished run
     return SuiteTables(frame=df, main=main, pivots=pivot_tables(rows, **pivot) if pivot else {},
                        layers=layer_table(shown_records) if kind == "compression" else {},
-                       reference=read_reference(ref_table) if ref_table else pd.DataFrame(),
+                       reference=read_reference(ref_table, df) if ref_table else pd.DataFrame(),
                        pivot=pivot, reference_table=ref_table, row_of=row_of)
