@@ -69,14 +69,19 @@ def code_hash(root: Path = REPO) -> str:
     return h.hexdigest()[:16]
 
 
+# torch's default intra-op thread count, read when this module is first imported (a fresh process
+# starts with it; later torch.set_num_threads calls in this process must not change the hash)
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def torch_threads() -> int:
     """torch's intra-op thread count for a run started in this environment: OMP_NUM_THREADS when
     set (torch reads it at start; the suite's runs and joblib's sweep workers inherit it), else
-    torch's default here. Neither train.py nor the suite runner changes it before a run's record
-    header is written, so a suite's plan() and the run itself hash the same count (under DDP,
-    Lightning divides it among the processes later, as a function of trainer.devices)."""
+    the count a fresh process starts with. Neither train.py nor the suite runner changes it before
+    a run's record header is written, so a suite's plan() and the run itself hash the same count
+    (under DDP, Lightning divides it among the processes later, as a function of trainer.devices)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else torch.get_num_threads()
+    return int(env) if env.isdigit() and int(env) > 0 else _DEFAULT_THREADS
 
 
 def git_sha(repo: Path = REPO) -> str | None:

@@ -43,7 +43,13 @@ def test_torch_threads_is_omp_num_threads_else_torchs_default(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert record.torch_threads() == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert record.torch_threads() == torch.get_num_threads()
+    assert record.torch_threads() == record._DEFAULT_THREADS
+    before = torch.get_num_threads()
+    try:  # a test (or a benchmark) that changes this process's threads does not change the hash
+        torch.set_num_threads(1 if before != 1 else 2)
+        assert record.torch_threads() == record._DEFAULT_THREADS
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_code_hash_is_the_content_of_the_packages_that_run(tmp_path):
