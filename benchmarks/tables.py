@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import published
-from benchmarks.published import REFERENCE_CSV  # noqa: F401  (the CSV, named where it was before)
 from benchmarks.seeds import aggregate, cell, stats
 from lightning_modules.record import hardware_line
 
