@@ -29,6 +29,10 @@ def header(name: str, description: str, df: pd.DataFrame, seeded: bool = False) 
             "batch size; Footprint is the exported weights file, ckpt the Lightning checkpoint.",
             "Val P@1 (Val Top-1 Error): the last epoch's, on the validation split held out of the "
             "training set; Precision@1/5 (Top-1/5 Error) on the test set."]
+    load = df["load_avg"].dropna() if "load_avg" in df else pd.Series(dtype=float)
+    if not load.empty:
+        out.append(f"Machine load average (1 min) when each run's test ended: {load.min():.1f} to "
+                   f"{load.max():.1f} (records' load_avg; above about 1 another process shared the cores).")
     if seeded:
         out.append("Rows of several seeds: mean ± sample std (n=runs) of Precision@1/5, Val P@1 and "
                    "throughput; other columns from the lowest seed's run; the CSV has one row per run.")

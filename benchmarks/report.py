@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 
 from benchmarks import published, render, tables
+from benchmarks import suite as suite_runner
 from benchmarks.plots import slug, suite_plots
 from lightning_modules.record import git_sha, hardware_line, read_record
 
@@ -43,9 +43,10 @@ def load_records(results_dir: Path) -> dict[str, list[dict]]:
 
 
 def suite_config(name: str) -> dict:
-    """conf/suite/<name>.yaml as a dict; a suite without one gets the default (quant) table."""
+    """conf/suite/<name>.yaml as the suite runner composes it; a suite without one gets the
+    default (quant) table."""
     path = REPO / "conf" / "suite" / f"{name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {"name": name}
+    return suite_runner.suite_config(name) if path.is_file() else {"name": name}
 
 
 def paper_delta(df: pd.DataFrame, table: str | None, csv_path: Path | None = None) -> list[str]:
@@ -111,7 +112,7 @@ def build(results_dir: Path, out_dir: Path | None = None) -> Path:
     hw = sorted({hardware_line(r["hardware"]) for rs in by_suite.values() for r in rs
                  if isinstance(r.get("hardware"), dict)})
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    head = [f"<h1>Compression benchmark report</h1>",
+    head = ["<h1>Compression benchmark report</h1>",
             f"<p class='meta'>Built {_e(now)} from {sum(map(len, by_suite.values()))} records in "
             f"{_e(Path(results_dir).resolve() / 'runs')}. Commit: {_e(git_sha() or 'unknown')}. "
             f"Hardware: {_e('; '.join(hw) or 'unknown')}.</p>",

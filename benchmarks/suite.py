@@ -65,6 +65,13 @@ def with_seeds(runs: list[list[str]], seeds: list[int] | None, extra: list[str] 
     return [r2 for r in runs for r2 in ([r] if sets_seed(r) else [[*r, f"seed={s}"] for s in seeds])]
 
 
+def suite_config(name: str) -> dict:
+    """conf/suite/<name>.yaml as Hydra composes it (a suite may take another's runs through its
+    defaults list, as `documents` takes seed_table's), unresolved interpolations kept."""
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=[f"suite={name}"]).suite)
+
+
 def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list[dict]]:
     """The suite's config and, per run, its overrides, composed config, config_hash and record path."""
     if name not in choices("suite"):

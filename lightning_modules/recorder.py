@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -107,6 +108,9 @@ class Recorder:
             "report": module.method.report(module.net),  # the method's per-layer rows (Deep Compression)
             "compute_dtype": module.compute_dtype, "loss_scale": loss_scale(trainer.precision_plugin),
             "world_size": trainer.world_size,
+            # the machine's 1-minute load average when training and testing ended: throughput is
+            # only as good as the machine was quiet (one torch thread per process when it was not)
+            "load_avg": round(os.getloadavg()[0], 2),
         })
         # per layer (name, type, bits, params, MACs, BOPs) at the bits the method declares for it;
         # BOPs of the layers with quantized weights and inputs, FLOPs + BOPs/64 (compression/cost.py)

@@ -37,6 +37,7 @@ def test_record_contract(runs):
         assert rec[k] > 0, k
     assert rec["train_samples_s"] == pytest.approx(rec["train_it_s"] * 32)
     assert rec["hardware"]["cpu_cores"] >= 1 and rec["torch_version"] == torch.__version__
+    assert rec["load_avg"] == pytest.approx(rec["load_avg"]) and rec["load_avg"] >= 0  # a number, not NaN
 
 
 @pytest.mark.slow
