@@ -48,8 +48,9 @@ bench: install  ## run suite SUITE (default: documents, the documents' table, ~8
 	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR))); rc=$$?; \
 	$(PY) -m benchmarks.report --results-dir $(RESULTS); exit $$rc
 
-tables: install  ## rebuild every committed results/tables/<suite>.* from the committed records under results/runs/<suite>/
+tables: install  ## rebuild every committed results/tables/<suite>.* from the committed records under results/runs/<suite>/, then README.md's table blocks
 	$(PY) -m benchmarks.tables_from_records --results-dir $(RESULTS)
+	$(PY) -m benchmarks.readme
 
 report: install  ## results/report/index.html (+ PNG plots) from every record under results/runs
 	$(PY) -m benchmarks.report --results-dir $(RESULTS)
