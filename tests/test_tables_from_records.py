@@ -45,3 +45,21 @@ def test_a_table_without_records_is_kept_and_said_in_one_line(tmp_path, capsys):
     assert out == [f"suite smoke: no records under {tmp_path / 'results' / 'runs' / 'smoke'}: table left as it is"]
     assert {p.name: p.read_text() for p in tables.iterdir()} == {
         t: f"committed {t}\n" for t in ("smoke.md", "smoke.csv", "quant_speed.md")}
+
+
+def test_the_committed_tables_are_the_committed_records(tmp_path, capsys):
+    """Every committed suite table (results/tables/<suite>.md of a conf/suite/<suite>.yaml) is what
+    `make tables` builds from the committed records under results/runs/<suite>/, byte for byte;
+    a suite table without its records fails (a table is a pure function of committed records)."""
+    from tests.conftest import REPO
+    committed = REPO / "results" / "tables"
+    names = [n for n in SUITES if (committed / f"{n}.md").exists()]
+    assert names, "no committed suite table"
+    rc = tables_from_records.main([*names, "--results-dir", str(REPO / "results"), "--tables-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "left as it is" not in out, out
+    for name in names:
+        rebuilt = {p.name: p.read_bytes() for p in tmp_path.glob(f"{name}.*")}
+        assert rebuilt, name
+        for file, data in rebuilt.items():
+            assert (committed / file).read_bytes() == data, f"results/tables/{file} differs from its records"
