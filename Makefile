@@ -44,7 +44,7 @@ test: install browser  ## run the test suite (CPU, a few minutes)
 test-fast: install  ## the tests without the `slow` (processes, browser, Trainer fits) and `gpu` ones
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-bench: install  ## run suite SUITE (default: documents, the documents' table, ~8 min), write results/tables/SUITE.{md,csv,html}, rebuild the report; DATA_DIR sets data.root
+bench: install  ## run suite SUITE (default: documents, the documents' table, ~6 min on 2 cores), write results/tables/SUITE.{md,csv,html}, rebuild the report; DATA_DIR sets data.root
 	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR))); rc=$$?; \
 	$(PY) -m benchmarks.report --results-dir $(RESULTS); exit $$rc
 
