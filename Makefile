@@ -9,19 +9,22 @@ DATA_DIR ?=
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
 
-.PHONY: help install data browser test test-fast bench tables report wandb-sync overhead clean
+.PHONY: help install kernels deploy-speed data browser test test-fast bench tables report wandb-sync overhead clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: SUITE=$(SUITE) (conf/suite/*.yaml), RESULTS=$(RESULTS), DATA_DIR=$(DATA_DIR) (data.root: the dataset folder)"
 
-install: $(VENV)/.installed data  ## create .venv with the pinned packages and make Fashion-MNIST available
+install: $(VENV)/.installed data kernels  ## create .venv with the pinned packages, make Fashion-MNIST available, build the binary kernels
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
+
+kernels: $(VENV)/.installed  ## compile the deploy step's packed-bit binary kernels (gcc, ~1 s; cached by source hash, LWB_KERNEL_CACHE)
+	$(PY) -m lightning_modules.deploy.binary --build || echo "warning: binary kernels not built: deploy=auto runs ONNX Runtime instead"
 
 data: $(VENV)/.installed  ## Fashion-MNIST raw files under data/ (Debian package dataset-fashion-mnist, else torchvision download)
 	@if [ ! -d $(FMNIST_DEB) ] && [ ! -s $(FMNIST_RAW)/t10k-labels-idx1-ubyte ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -58,6 +61,9 @@ report: install  ## results/report/index.html (+ PNG plots) from every record un
 wandb-sync: install  ## upload the offline W&B runs under results/wandb (needs WANDB_API_KEY)
 	@ls -d $(RESULTS)/wandb/offline-run-* >/dev/null 2>&1 || { echo "no offline runs under $(RESULTS)/wandb"; exit 1; }
 	$(VENV)/bin/wandb sync --yes $(RESULTS)/wandb/offline-run-*
+
+deploy-speed: install  ## deployed speed: binary kernels and ONNX Runtime integer vs FP32, layers and nets (QUICK=1: < 10 min)
+	$(PY) -m benchmarks.deploy_speed $(if $(QUICK),--quick) --results-dir $(RESULTS)
 
 overhead: install  ## harness vs hand-written PyTorch loop, training throughput (LeNet-300-100)
 	$(PY) -m benchmarks.overhead

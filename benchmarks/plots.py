@@ -1,5 +1,5 @@
 """A suite's plots, from `tables.frame(records)`: PNGs drawn with matplotlib, pure functions of the
-records. Precision@1 against footprint (log scale, Pareto front), a W x A heat map of P@1 per
+records. Precision@1 against footprint and against deployed latency (log scale, Pareto front), a W x A heat map of P@1 per
 method swept over both bitwidths, training and test throughput relative to FP32.
 """
 from __future__ import annotations
@@ -39,11 +39,13 @@ def legend_name(label, method: str) -> str:
     return method if label is None or label == "" or (isinstance(label, float) and pd.isna(label)) else str(label)
 
 
-def plot_footprint(name: str, df: pd.DataFrame, path: Path, x: str = "footprint_bytes",
-                   y: str = "top1") -> Path | None:
-    """Precision@1 against footprint (log scale), one marker per method, the Pareto front as a line
-    and each point labelled with its bits; None when no run finished."""
-    ok = df[(df.status == "ok") & df[x].notna() & df[y].notna()].reset_index(drop=True)
+def plot_front(name: str, df: pd.DataFrame, path: Path, x: str, y: str, x_scale: float,
+               x_label: str, title: str) -> Path | None:
+    """Precision@1 against a cost `x` (times `x_scale`, log scale), one marker per method, the
+    Pareto front (lower cost, higher P@1) as a line and each point labelled with its bits; None
+    when no finished run has both."""
+    ok = df[(df.status == "ok") & df[x].notna() & df[y].notna()].reset_index(drop=True) \
+        if x in df and y in df else pd.DataFrame()
     if ok.empty:
         return None
     plt = _plt()
@@ -51,23 +53,41 @@ def plot_footprint(name: str, df: pd.DataFrame, path: Path, x: str = "footprint_
     markers = "osD^vP*Xh<>"
     for i, (method, g) in enumerate(ok.groupby("method", sort=False)):
         shown = legend_name(g.get("method_label", g.method).iloc[0], method)
-        ax.scatter(g[x] / 1024, 100 * g[y], marker=markers[i % len(markers)], label=shown, s=36)
+        ax.scatter(g[x] * x_scale, 100 * g[y], marker=markers[i % len(markers)], label=shown, s=36)
         for _, r in g.iterrows():
-            ax.annotate(f"{r.bits_w},{r.bits_a}", (r[x] / 1024, 100 * r[y]), fontsize=6,
+            ax.annotate(f"{r.bits_w},{r.bits_a}", (r[x] * x_scale, 100 * r[y]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     front = ok.iloc[pareto(list(zip(ok[x], ok[y])))]
-    ax.step(front[x] / 1024, 100 * front[y], where="post", color="k", lw=0.8, ls="--",
+    ax.step(front[x] * x_scale, 100 * front[y], where="post", color="k", lw=0.8, ls="--",
             label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("footprint (KB, exported file, log scale)")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("Precision@1 (%)")
-    ax.set_title(f"{name}: Precision@1 against footprint")
+    ax.set_title(f"{name}: {title}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")  # away from the points
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_footprint(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """Precision@1 against the exported file's size."""
+    return plot_front(name, df, path, "footprint_bytes", "top1", 1 / 1024,
+                      "footprint (KB, exported file, log scale)", "Precision@1 against footprint")
+
+
+def plot_deployed(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """The deployed model's Precision@1 against its time per test image on its runtime (the
+    deploy step: binary kernels or ONNX Runtime, at the test batch size); None before the deploy
+    step existed."""
+    if "deploy_test_samples_s" not in df:
+        return None
+    df = df.assign(deploy_ms=1000 / df.deploy_test_samples_s)
+    return plot_front(name, df, path, "deploy_ms", "deploy_top1", 1.0,
+                      "deployed time per test image (ms, at the test batch size, log scale)",
+                      "Precision@1 against deployed latency")
 
 
 def sweeps(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -126,6 +146,7 @@ def plot_throughput(name: str, df: pd.DataFrame, path: Path) -> Path | None:
 
 
 PLOTS = {"footprint": ("Precision@1 against footprint", plot_footprint),
+         "deployed": ("Precision@1 against deployed latency", plot_deployed),
          "heatmap": ("Precision@1, W x A", plot_heatmap),
          "throughput": ("Throughput relative to FP32", plot_throughput)}
 

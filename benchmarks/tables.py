@@ -111,9 +111,36 @@ def frame(records: list[dict]) -> pd.DataFrame:
         row.update({f"bits_{k}": v for k, v in r["bits"].items()})
         row["label"] = label(r)
         row["hardware"] = hardware_line(r["hardware"]) if r.get("hardware") else None
+        if r.get("deploy_backend"):
+            row["deploy_kind"] = deploy_kind(r)
         rows.append(row)
     df = pd.DataFrame(rows)
     return fp32_ratios(df) if not df.empty else df
+
+
+def deploy_kind(rec: dict) -> str:
+    """What the deploy step ran: `binary` (packed-bit kernels), `onnx int8` (ONNX Runtime, some
+    layers on its integer kernels), `onnx fp32`, or `none`."""
+    backend = rec["deploy_backend"]
+    if backend != "onnx":
+        return backend
+    return "onnx int8" if "int8" in (rec.get("deploy_layers") or {}).values() else "onnx fp32"
+
+
+DEPLOYED = "Deployed test ×FP32 (backend)"
+
+
+def with_deployed(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """`out` with the deployed-speed column (deploy/deploy.py: the deployed model's test
+    throughput over the same architecture in FP32 on its runtime, interleaved in one process)
+    when any row has one; tables of records from before the deploy step keep their columns."""
+    if "deploy_x_fp32" not in df or df.deploy_x_fp32.isna().all():
+        return out
+    kinds = df.get("deploy_kind", pd.Series(None, index=df.index))
+    out = out.copy()
+    out[DEPLOYED] = ["-" if pd.isna(k) else f"- ({k})" if pd.isna(x) else f"{x:.2f}× ({k})"
+                     for x, k in zip(df.deploy_x_fp32, kinds)]
+    return out
 
 
 def fp32_ratios(df: pd.DataFrame) -> pd.DataFrame:
@@ -144,7 +171,7 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
         "compute dtype": df.get("compute_dtype", pd.Series("-", index=df.index)).fillna("-"),
         **_cost_columns(df),
     })
-    return out[COLUMNS]
+    return with_deployed(out[COLUMNS], df)
 
 
 def _cost_columns(df: pd.DataFrame) -> dict[str, list[str]]:
@@ -208,7 +235,7 @@ def display_compression(df: pd.DataFrame) -> pd.DataFrame:
         "BOPs": _cost_columns(df)["BOPs"],
         "Thruput. (Test)": speeds(df, "test"),
         "Test ×FP32": [_ratio(x, 1.0) for x in df.test_it_s_vs_fp32],
-    })[COMPRESSION_COLUMNS]
+    })[COMPRESSION_COLUMNS].pipe(with_deployed, df)
 
 
 COMPACT_COLUMNS = ["Network", "model", "Precision@1", "Val P@1", "Precision@5", "Params", "FLOPs", "BOPs",
@@ -234,7 +261,7 @@ def display_compact(df: pd.DataFrame) -> pd.DataFrame:
         "Size ×": _ratio_series(pd.Series(first, index=df.index), df.footprint_bytes),
         "Thruput. (Training)": speeds(df, "train"),
         "Thruput. (Test)": speeds(df, "test"),
-    })[COMPACT_COLUMNS]
+    })[COMPACT_COLUMNS].pipe(with_deployed, df)
 
 
 def _ratio_series(num: pd.Series, den: pd.Series) -> list[str]:

@@ -13,7 +13,7 @@ from .compression.errors import ConfigError  # noqa: F401  (re-exported: the one
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("data", "model", "method", "bits", "precision", "trainer", "optimizer", "scheduler",
-          "logger", "callbacks", "suite")
+          "logger", "callbacks", "suite", "deploy")
 
 
 def choices(group: str) -> list[str]:
@@ -81,5 +81,13 @@ def check_config(cfg: DictConfig) -> None:
     root = cfg.data.get("root")
     if root is not None and not Path(str(root)).is_dir():
         raise ConfigError(f"data.root={root}: no such directory (omit it to use <repo>/data)")
+    deploy = cfg.get("deploy")
+    if deploy is not None:
+        from .deploy.deploy import check as check_deploy
+        check_deploy(str(deploy.backend), cfg.method.name, cfg.bits)
+        for key in ("deploy.time_samples", "deploy.rounds"):
+            _int_in(cfg, key, 1)
+        if deploy.get("max_samples") is not None:
+            _int_in(cfg, "deploy.max_samples", 1)
     if cfg.precision.name not in choices("precision"):
         raise ConfigError(f"precision.name={cfg.precision.name}: valid: {', '.join(choices('precision'))}")

@@ -60,10 +60,12 @@ def config_hash(cfg: DictConfig) -> str:
 
 @functools.cache
 def code_hash(root: Path = REPO) -> str:
-    """Hash of the .py files of CODE under `root`: their paths and contents (once per process)."""
+    """Hash of the .py and .c files (the deploy step's kernels) of CODE under `root`: their paths
+    and contents (once per process)."""
     h = hashlib.sha256()
     for name in CODE:
-        files = [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py"))
+        files = [root / name] if name.endswith(".py") else sorted(
+            f for ext in ("*.py", "*.c") for f in (root / name).rglob(ext))
         for f in files:
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]

@@ -112,4 +112,16 @@ def run(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             module.method.export(module.net, recorder.model_file)
         recorder.measure(trainer, module, dm)  # accuracy, sizes, throughput, FLOPs/BOPs
+        if trainer.is_global_zero and not module.diverged and cfg.deploy.backend != "none":
+            recorder.record.update(deploy_run(cfg, dm, module, recorder.model_file))
     return recorder.write(trainer)
+
+
+def deploy_run(cfg: DictConfig, dm, module: CompressionModule, model_file: Path) -> dict:
+    """The deploy step (deploy/deploy.py) on the net reloaded from the exported file (by a fresh
+    method object, as a later run would load it) against the architecture built in FP32."""
+    from .deploy.deploy import deploy
+    from .earlier_runs import load_weights, run_method
+    log.info("deploy    %s", cfg.deploy.backend)
+    reloaded = load_weights(run_method(cfg.method), build_net(cfg, dm), model_file)
+    return deploy(cfg.deploy, module.net, reloaded, build_net(cfg, dm), dm, model_file, model_file.parent)

@@ -161,3 +161,31 @@ def test_a_figure_that_is_not_steady_is_marked_and_the_header_says_so():
     assert "†" not in render.header("s", "", tables.frame([steady]))[2]
     old = {k: v for k, v in short.items() if k not in ("train_steady", "test_steady")}
     assert tables.speeds(tables.frame([{**old, "throughput_steady": False}]), "train")[0].endswith(" †")
+
+
+def test_deployed_column_appears_with_deploy_records_and_names_the_backend():
+    dep = dict(deploy_backend="onnx", deploy_layers={"a": "int8", "b": "fp32"}, deploy_x_fp32=1.734,
+               deploy_test_samples_s=900.0, deploy_top1=0.8)
+    recs = [rec("lenet5", "32", 50.0, 10.0, 0.9, deploy_backend="onnx", deploy_layers={"a": "fp32"},
+                deploy_x_fp32=1.0, deploy_test_samples_s=500.0, deploy_top1=0.9),
+            rec("lenet5", "32", 20.0, 5.0, 0.8, method="dorefa", bits=(2, 2, 32), **dep),
+            rec("lenet5", "32", 20.0, 5.0, 0.8, method="xnor", bits=(1, 1, 32), deploy_backend="binary",
+                deploy_layers={"a": "binary"}, deploy_x_fp32=2.5, deploy_test_samples_s=1e4, deploy_top1=0.7),
+            rec("lenet5", "32", 20.0, 5.0, 0.8, method="ttq", bits=(2, 32, 32), deploy_backend="none",
+                deploy_reason="no exporter"),
+            rec("lenet5", "32", 20.0, 5.0, 0.8, method="twn", bits=(2, 32, 32))]  # before the deploy step
+    for shown in (tables.display(tables.frame(recs)), tables.display_compression(tables.frame(recs))):
+        assert shown[tables.DEPLOYED].tolist() == ["1.00× (onnx fp32)", "1.73× (onnx int8)", "2.50× (binary)",
+                                                   "- (none)", "-"]
+    old = [r for r in recs if "deploy_backend" not in r]
+    assert tables.DEPLOYED not in tables.display(tables.frame(old))  # old tables keep their columns
+
+
+def test_deployed_latency_plot_only_with_deploy_records(tmp_path):
+    recs = [rec("lenet5", "32", 10.0, 2.0, 0.5 + 0.01 * w, method="dorefa", bits=(w, 2, 32),
+                deploy_backend="onnx", deploy_test_samples_s=100.0 * w, deploy_top1=0.5 + 0.01 * w)
+            for w in (1, 2, 4)]
+    png = plots.plot_deployed("s", tables.frame(recs), tmp_path / "d.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.plot_deployed("s", tables.frame(RECORDS), tmp_path / "none.png") is None
+    assert plots.pareto([(1000 / (100.0 * w), 0.5 + 0.01 * w) for w in (1, 2, 4)]) == [2]
