@@ -1,0 +1,1 @@
+"""Deployable artefacts and their runtimes: ONNX (Runtime, integer kernels), packed-bit kernels."""
