@@ -263,8 +263,10 @@ def run_dir_line(run_dir: Path, rounds: int) -> dict:
     batch = int(record.get("deploy_batch") or 256)
     x = torch.randn(batch * 4, c, h, h)
     times = interleaved({"deployed": deployed, "fp32": ref}, x, batch, rounds)
+    speed = speed_fields(times, len(x))
     return {"run_dir": str(run_dir), "backend": deployed.backend, "batch": batch, "threads": threads,
-            **speed_fields(times, len(x)), "load_avg": round(os.getloadavg()[0], 2)}
+            "samples_s": speed["deploy_test_samples_s"], "fp32_samples_s": speed["deploy_fp32_test_samples_s"],
+            "x_fp32": speed["deploy_x_fp32"], "load_avg": round(os.getloadavg()[0], 2)}
 
 
 def main(argv: list[str] | None = None) -> int:

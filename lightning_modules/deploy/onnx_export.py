@@ -81,34 +81,55 @@ def act_grid(act_quant) -> tuple[str, int] | str:
     return f"activation quantizer {_name(act_quant)} has no recognised integer grid"
 
 
-def weight_grid(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """(m int8 (O, ...), s_w float (O,)) with W_q == the quantizer's float32 formula of (m, s_w)
-    exactly, or the reason there is none (see the module docstring for the grids)."""
-    wq = layer.weight_quant
-    if wq is None:
-        return "float weights"
-    w = layer.quantized_weight().detach().float()
-    f, kw = _func(wq)
+def _grid(f, k: int, w: torch.Tensor):
+    """(m, W_q rebuilt from m by `f`'s own float32 formula, s_w) for quantizer function `f` at
+    k bits, or None when `f` has no integer grid."""
     dims = tuple(range(1, w.dim()))
     chan = w.abs().amax(dim=dims, keepdim=True)
     chan = torch.where(chan > 0, chan, torch.ones_like(chan))
-    k = kw.get("k", 32)
     n = 2 ** k - 1
     if f is Q.dorefa_weight and k == 1:
         s = w.abs().max()
-        m, s_w = torch.round(w / s), s.expand(w.shape[0])
-        rebuilt = s * m
-    elif f is Q.dorefa_weight and k < 32:
+        m = torch.round(w / s)
+        return m, s * m, s.expand(w.shape[0])
+    if f is Q.dorefa_weight and k < 32:
         q = torch.round((w + 1) / 2 * n)
-        m, rebuilt, s_w = 2 * q - n, 2 * (q / n) - 1, torch.full((w.shape[0],), 1.0 / n)
-    elif f is Q.uniform_weight and k < 32:
+        return 2 * q - n, 2 * (q / n) - 1, torch.full((w.shape[0],), 1.0 / n)
+    if f is Q.uniform_weight and k < 32:
         r = torch.round((w / chan + 1) / 2 * n)
-        m, rebuilt, s_w = 2 * r - n, chan * ((2 * r - n) / n), chan.flatten() / n
-    elif f in (Q.bwn_weight, Q.bnn_sign, Q.ste_sign, Q.twn_weight):
+        return 2 * r - n, chan * ((2 * r - n) / n), chan.flatten() / n
+    if f in (Q.bwn_weight, Q.bnn_sign, Q.ste_sign, Q.twn_weight):
         s = chan if f is not Q.twn_weight else w.abs().max().expand_as(chan)
-        m, rebuilt, s_w = torch.round(w / s), s * torch.round(w / s), s.flatten()
-    else:
+        return torch.round(w / s), s * torch.round(w / s), s.flatten()
+    return None
+
+
+# a layer reloaded from its packed export holds W_q itself (load_packed drops the weight
+# quantizer): the grids tried on its values, at the layer's declared weight bits
+VALUE_GRIDS = (Q.bwn_weight, Q.twn_weight, Q.dorefa_weight, Q.uniform_weight)
+
+
+def weight_grid(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """(m int8 (O, ...), s_w float (O,)) with W_q == the quantizer's float32 formula of (m, s_w)
+    exactly, or the reason there is none (see the module docstring for the grids). A layer
+    without a weight quantizer but with `bits["w"]` <= 8 (reloaded from the packed file) is
+    checked against each grid of VALUE_GRIDS in turn: exact equality is the test either way."""
+    wq = layer.weight_quant
+    w = layer.quantized_weight().detach().float()
+    if wq is None:
+        k = int(getattr(layer, "bits", {}).get("w", 32))
+        if k > 8:
+            return "float weights"
+        for f in VALUE_GRIDS:
+            got = _grid(f, k, w)
+            if got is not None and torch.equal(got[1], w) and got[0].abs().max() <= 127:
+                return got[0].to(torch.int8), got[2].float()
+        return f"{k}-bit weights on no integer grid that fits int8"
+    f, kw = _func(wq)
+    got = _grid(f, kw.get("k", 32), w)
+    if got is None:
         return f"weight quantizer {_name(wq)} has no integer grid"
+    m, rebuilt, s_w = got
     if not torch.equal(rebuilt, w):
         return f"weights of {_name(wq)} are not on the claimed grid"
     if m.abs().max() > 127:
@@ -127,7 +148,9 @@ class _IntegerOp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, m, scale, spec):
         layout, act, n, kernel, stride, padding, dilation, groups = spec
-        codes = torch.clamp(x * n, 0, n).round() if act == "dorefa" else torch.where(x >= 0, 1.0, -1.0)
+        # (x * 1 is left out: the TorchScript peephole pass drops it and loses this op's block)
+        codes = torch.clamp(x if n == 1 else x * n, 0, n).round() if act == "dorefa" \
+            else torch.where(x >= 0, 1.0, -1.0)
         if layout == "linear":
             return codes @ m.t() * scale
         return F.conv2d(codes, m, None, stride, padding, dilation, groups) * scale.reshape(-1, 1, 1)
