@@ -10,9 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 # `pytest` (not only `python -m pytest`) imports this checkout's packages and `tests.*`, not those
 # of whichever checkout the virtualenv was installed from (pip install -e)
 sys.path.insert(0, str(REPO))
-# Small but real: the real Fashion-MNIST files, a real Trainer, a few dozen steps.
+# Small but real: the real Fashion-MNIST files, a real Trainer, a few dozen steps. The deploy step
+# (about 2 s a run) is left to the tests that are about it (tests/test_deploy.py) and to the suites.
 FAST = ["model=lenet300", "data.train_subset=512", "data.test_subset=1000", "data.val_size=500",
-        "trainer.limit_val_batches=1", "measure.warmup_steps=2"]
+        "trainer.limit_val_batches=1", "measure.warmup_steps=2", "deploy=none"]
 
 
 def train(args: list[str], results_dir: Path, env: dict | None = None, timeout: int = 600):

@@ -12,12 +12,16 @@ from tests.conftest import FAST, REPO, only_record, train
 
 @pytest.mark.slow
 def test_ddp_two_processes_one_record_with_global_metrics(tmp_path, fmnist):
-    p = train([*FAST, "trainer=ddp", "trainer.devices=2"], tmp_path)
+    with_deploy = [a for a in FAST if not a.startswith("deploy=")] + ["deploy.rounds=1"]
+    p = train([*with_deploy, "trainer=ddp", "trainer.devices=2"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Starting with 2 processes" in p.stdout + p.stderr
     rec = only_record(tmp_path)  # rank 0 only
     assert rec["status"] == "ok" and rec["world_size"] == 2
     assert rec["test_samples"] == 1000  # both ranks' halves, not one rank's 500
+    # rank 0 deploys its own shard of the test set, once
+    assert rec["deploy_backend"] == "onnx" and rec["deploy_samples"] == 500
+    assert rec["deploy_agreement"] >= 0.999 and len(list(tmp_path.rglob("*.onnx"))) == 1
     from lightning_modules.compression.method import FullPrecision
     from lightning_modules.models import LeNet300
     net = FullPrecision().load(LeNet300(), rec["model_file"]).eval()
