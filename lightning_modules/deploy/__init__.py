@@ -1,0 +1,1 @@
+"""Deployable artefacts and their runtimes: ONNX (Runtime) export, packed-bit binary kernels."""
