@@ -13,8 +13,9 @@ simulation does, with integer dot products (binary_kernels.c: pm1 dot = K_valid 
 w), 01 dot = 2 popcount(x AND w) - popcount(x)). Everything else stays in torch.
 
 The kernels are plain C called through ctypes, not a torch C++ extension: on this machine (2-core
-AMD EPYC) gcc builds binary_kernels.c in about 0.6 s, while a `torch.utils.cpp_extension.load` of
-an equivalent one-function extension against torch/extension.h took 31 s (and needs ninja).
+AMD EPYC, another job on the second core) gcc builds binary_kernels.c in 1.1-1.3 s, while
+`torch.utils.cpp_extension.load` of a one-function extension (an identity op) against
+torch/extension.h took 32 s, and needs ninja.
 The build is cached by the source's sha256 (`build`).
 """
 from __future__ import annotations
