@@ -217,3 +217,11 @@ def test_a_missing_compiler_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-cc")
     with pytest.raises(B.BinaryKernelUnavailable, match="no-such-compiler-cc.*not found"):
         B.build(force=True)
+
+
+def test_a_failing_compile_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LWB_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(B.BinaryKernelUnavailable, match="^false -O3 .*: exit status 1$"):
+        B.build(force=True)
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone

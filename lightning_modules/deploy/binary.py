@@ -73,7 +73,9 @@ def build(force: bool = False) -> Path:
     try:
         done = subprocess.run([*cmd, tmp], capture_output=True, text=True)
         if done.returncode:
-            first = next((ln for ln in done.stderr.splitlines() if "error" in ln), done.stderr.strip())
+            lines = done.stderr.splitlines()
+            first = next((ln for ln in lines if "error" in ln), lines[0] if lines else
+                         f"exit status {done.returncode}")
             raise BinaryKernelUnavailable(f"{' '.join(cmd)} {out}: {first}")
         os.replace(tmp, out)
     finally:
