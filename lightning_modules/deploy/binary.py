@@ -8,9 +8,10 @@ row and whose input quantizer is
   A = mean_c |x| averaged over each receptive field, zero padded), encoding "pm1" with K;
 - `dorefa_act` at k = 1 (DoReFa W1A1, Zhou et al. 2016; also `uniform` a1): x_b = round(clip(x,
   0, 1)) in {0, 1}, encoding "01".
-The layer then computes y = (x_b conv sign(W)) * alpha_o * K + bias exactly as the float
-simulation does, with integer dot products (binary_kernels.c: pm1 dot = K_valid - 2 popcount(x XOR
-w), 01 dot = 2 popcount(x AND w) - popcount(x)). Everything else stays in torch.
+The layer then computes the float simulation's y = (x_b conv sign(W)) * alpha_o * K + bias with
+exact integer dot products (binary_kernels.c: pm1 dot = K_valid - 2 popcount(x XOR w), 01 dot =
+2 popcount(x AND w) - popcount(x)); only the scaling rounds, so outputs agree to float32 rounding
+(the simulation itself sums alpha-scaled products with rounding). Everything else stays in torch.
 
 The kernels are plain C called through ctypes, not a torch C++ extension: on this machine (2-core
 AMD EPYC, another job on the second core) gcc builds binary_kernels.c in 1.1-1.3 s, while
