@@ -282,8 +282,10 @@ def _convert(layer: nn.Module) -> nn.Module | str:
     why = _geometry(layer)
     if why:
         return why
-    if layer.weight_quant is None:
-        return "weights are float (bits w32)"
+    # a layer reloaded from its packed export holds W_q itself (no weight quantizer): its
+    # declared bits say 1, and the values are checked below either way
+    if layer.weight_quant is None and layer.bits.get("w") != 1:
+        return f"weights are float (bits w{layer.bits.get('w', 32)})"
     w_q = layer.quantized_weight().detach().float()
     rows = w_q.reshape(w_q.shape[0], -1).abs()
     alpha = rows.amax(dim=1)
