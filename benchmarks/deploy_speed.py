@@ -61,7 +61,7 @@ TARGETS = [
 
 def xnor_layer(kind: str, shape: tuple[int, ...]) -> nn.Module:
     """One XNOR-Net layer (BWN weights, sign inputs scaled by K) with random weights."""
-    roles = dict(weight_quant=Q.bwn_weight, act_quant=partial(Q.xnor_input, dim=1))
+    roles = dict(weight_quant=Q.bwn_weight, act_quant=partial(Q.xnor_input, dim=-1 if kind == "linear" else 1))
     layer = QLinear(*shape, **roles) if kind == "linear" else QConv2d(*shape, padding=1, **roles)
     layer.bits = {"w": 1, "a": 1, "g": 32}
     return nn.Sequential(layer).eval()
