@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -57,7 +58,31 @@ def _int_in(cfg: DictConfig, key: str, lo: int, hi: int | None = None) -> None:
         raise ConfigError(f"{key}={value}: must be {valid}")
 
 
+# a run or suite name is one path component of these characters (no `/`, not `.` or `..`)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+@-]*")
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """`run_name` and `suite.name` are single safe path components and `run_dir` lies inside
+    `<results_dir>/runs/`: a run (or its failure cleanup) can never touch another run's files or
+    anything outside results_dir."""
+    for key, value in (("run_name", cfg.run_name), ("suite.name", cfg.suite.name)):
+        if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or value in (".", ".."):
+            raise ConfigError(f"{key}={value!r}: must be one path component of letters, digits and "
+                              f"_ . , = + @ - (not starting with . or -), e.g. the generated "
+                              f"${{model.name}}-${{method.name}}-W..A..G..-${{precision.name}}-s${{seed}}")
+    results = str(cfg.results_dir)
+    if not results.strip():
+        raise ConfigError(f"results_dir={results!r}: must name a directory (default: results)")
+    runs = (Path(results) / "runs").resolve()
+    run_dir = Path(str(cfg.run_dir)).resolve()
+    if runs not in run_dir.parents:
+        raise ConfigError(f"run_dir={cfg.run_dir}: must lie inside {Path(results) / 'runs'}/ (valid: "
+                          f"the default ${{results_dir}}/runs/${{suite.name}}/${{run_name}})")
+
+
 def check_config(cfg: DictConfig) -> None:
+    check_paths(cfg)
     for b in ("w", "a", "g"):
         _int_in(cfg, f"bits.{b}", 1, 32)
     _int_in(cfg, "data.batch_size", 1)

@@ -59,12 +59,21 @@ class Recorder:
         self.record = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.t_start = time.perf_counter()
         self.created: Path | None = None
+        self.before: set[str] = set()  # the run directory's entries before this attempt
 
     def make_dir(self) -> Path:
         # the highest folder this run creates: removed again if the config turns out to be bad
         self.created = next((d for d in reversed([self.dir, *self.dir.parents]) if not d.exists()), None)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.before = {p.name for p in self.dir.iterdir()}
         return self.dir
+
+    def remove_own_files(self) -> None:
+        """Delete what this attempt created in the run directory and nothing else: an earlier
+        attempt's files (a previous result) stay, bar the record, which says this attempt failed."""
+        for p in self.dir.iterdir():
+            if p.name not in self.before:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     @contextmanager
     def guard(self, trainer: pl.Trainer, dm, module: pl.LightningModule):
@@ -81,9 +90,9 @@ class Recorder:
             self.record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
             if trainer.is_global_zero:
                 self.record["wall_s"] = time.perf_counter() - self.t_start
-                # the record and nothing else: no half-written model file or checkpoint beside it
-                for p in self.dir.iterdir():
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                # no half-written file of this attempt beside the record (exports are atomic, so
+                # an earlier attempt's model file is either untouched or wholly replaced)
+                self.remove_own_files()
                 write_json_atomic(self.dir / "record.json", ordered(self.record))
                 finish(trainer.loggers, ordered(self.record), exit_code=1)
             raise

@@ -24,6 +24,12 @@ CASES = [
     (["method=prune", "trainer.max_epochs=1"], "method.prune.end=1: must be < trainer.max_epochs=1"),
     (["data.root=/no/such/dir"], "data.root=/no/such/dir: no such directory"),
     (["trainer.no_such_key=1"], "trainer.no_such_key=1: unknown key; valid keys under trainer: accelerator"),
+    (["run_name=.."], "run_name='..': must be one path component"),
+    (["run_name=../../../x"], "run_name='../../../x': must be one path component"),
+    (["run_name="], "run_name='': must be one path component"),
+    (["suite.name=.."], "suite.name='..': must be one path component"),
+    (["run_dir=/tmp/elsewhere"], "run_dir=/tmp/elsewhere: must lie inside"),
+    (["method=fp32", "deploy=binary"], "deploy=binary: method fp32 has bits W32A32"),
 ]
 
 
@@ -46,3 +52,14 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, args, message)
 def test_unknown_choice_lists_every_registered_one(tmp_path, group):
     line = one_line_error([f"{group}=foo"], tmp_path / "results")
     assert line == f"error: {group}=foo: unknown {group}; valid: {valid(group)}"
+
+
+def test_a_bad_run_name_touches_no_other_run(tmp_path):
+    """`run_name=..` once emptied <results_dir>/runs on a failure; now it is refused first."""
+    other = tmp_path / "results" / "runs" / "adhoc" / "other"
+    other.mkdir(parents=True)
+    (other / "record.json").write_text("{}")
+    (other / "model.pt").write_bytes(b"weights")
+    p = train(["run_name=..", "data.root=/no/such/dir"], tmp_path / "results")
+    assert p.returncode == 2 and "run_name='..'" in p.stderr
+    assert sorted(q.name for q in other.iterdir()) == ["model.pt", "record.json"]

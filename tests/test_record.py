@@ -102,3 +102,19 @@ def test_a_config_error_once_training_starts_leaves_no_trace(tmp_path):
         with rec.guard(*parts):
             raise ConfigError("method.prune.end=1: must be < trainer.max_epochs=1")
     assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_a_failed_attempt_removes_only_the_files_it_created(tmp_path):
+    """Failure cleanup (recorder.Recorder.remove_own_files): an earlier attempt's files stay."""
+    from omegaconf import OmegaConf
+    from lightning_modules.recorder import Recorder
+    run_dir = tmp_path / "runs" / "adhoc" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.pt").write_bytes(b"earlier result")
+    rec = Recorder(OmegaConf.create({"run_dir": str(run_dir)}))
+    rec.make_dir()
+    (run_dir / "last.ckpt").write_bytes(b"half")
+    (run_dir / "csv").mkdir()
+    rec.remove_own_files()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["model.pt"]
+    assert (run_dir / "model.pt").read_bytes() == b"earlier result"
