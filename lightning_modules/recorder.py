@@ -87,7 +87,12 @@ class Recorder:
                 shutil.rmtree(self.created, ignore_errors=True)
             raise
         except BaseException as e:
-            self.record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+            if isinstance(e, (SIGTERMException, KeyboardInterrupt)):
+                signal = "SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT"
+                self.record.update({"status": "interrupted", "error": f"{signal} received"})
+            else:
+                self.record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})
             if trainer.is_global_zero:
                 self.record["wall_s"] = time.perf_counter() - self.t_start
                 # no half-written file of this attempt beside the record (exports are atomic, so

@@ -103,3 +103,31 @@ def test_hydra_multirun_sweeps_precision_and_bits(tmp_path):
     recs = sorted(json.loads(r.read_text())["run_name"] for r in tmp_path.rglob("record.json"))
     assert recs == ["lenet300-fp32-W32A32G32-32-s0", "lenet300-fp32-W32A32G32-bf16-mixed-s0"]
     assert len(list((tmp_path / "sweeps").glob("*/multirun.yaml"))) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_exits_nonzero_with_an_interrupted_record(tmp_path):
+    """Lightning turns SIGTERM into a SystemExit without a code (exit 0 before); now the run ends
+    with 128 + 15 and a record that says `interrupted`, and no model file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.conftest import REPO
+    log = tmp_path / "log.txt"
+    args = [a for a in FAST if not a.startswith("data.train_subset")] + [
+        "data.train_subset=20000", "trainer.max_epochs=5", f"results_dir={tmp_path}"]
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=out,
+                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        deadline = time.time() + 120
+        while "fit " not in log.read_text() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        time.sleep(2)  # into the training loop
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=120)
+    assert rc == 143, log.read_text()[-2000:]
+    rec = only_record(tmp_path)
+    assert rec["status"] == "interrupted" and rec["error"] == "SIGTERM received"
+    assert not list(tmp_path.rglob("model.pt")) and not list(tmp_path.rglob("last.ckpt"))
