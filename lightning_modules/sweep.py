@@ -46,10 +46,33 @@ def failed_record(cfg: DictConfig, error: str) -> dict:
     return ordered({**header(cfg), "status": "failed", "error": error})
 
 
+# keys the default run_name is made of, and keys that say where results go: a sweep over anything
+# else would give several jobs one run directory
+NAMED = ("model", "method", "bits", "bits.w", "bits.a", "bits.g", "precision", "seed", "results_dir",
+         "logger", "callbacks", "suite", "deploy")
+
+
+def sweep_run_name(run_name: str, task_overrides: list[str]) -> str:
+    """The job's run name: as configured when the sweep sets `run_name` itself or varies only the
+    keys the default name spells out; else `<name>-<6 hex of the other overrides>`, so
+    `-m data.train_subset=256,512` gives two runs two directories (the same job of a re-run
+    gets the same name: the skip-if-done rule still finds it)."""
+    import hashlib
+    keys = [o.partition("=")[0].lstrip("+~") for o in task_overrides]
+    if "run_name" in keys or "run_dir" in keys:
+        return run_name
+    other = sorted(o for o, k in zip(task_overrides, keys)
+                   if k not in NAMED and not k.startswith(("hydra.", "hydra/", "wandb.")))
+    if not other:
+        return run_name
+    return f"{run_name}-{hashlib.sha1(chr(10).join(other).encode()).hexdigest()[:6]}"
+
+
 def job(cfg: DictConfig, run) -> dict:
     """One job of a sweep: skip if done, else `run(cfg)`; never raises for a failed run."""
     from datamodules.fashion_mnist import DataError
 
+    cfg.run_name = sweep_run_name(cfg.run_name, list(HydraConfig.get().overrides.task))
     record_path = Path(cfg.run_dir) / "record.json"
     outcome = {"run_name": cfg.run_name, "run_dir": str(cfg.run_dir), "config_hash": config_hash(cfg)}
     if done(record_path, outcome["config_hash"]):

@@ -137,3 +137,27 @@ def test_a_sweep_job_skips_a_done_run_and_reruns_another_config(tmp_path, monkey
     assert sweep.job(cfg, lambda c: started.append(c) or {"status": "ok"})["status"] == "ok"
     assert started == [cfg]
     assert read_record(tmp_path / "sw" / "jobs" / "0.json")["status"] == "ok"
+
+
+def test_sweep_run_names_differ_where_the_overrides_do():
+    from lightning_modules.sweep import sweep_run_name
+    base = "lenet300-fp32-W32A32G32-32-s0"
+    a = sweep_run_name(base, ["data.train_subset=256", "results_dir=/r"])
+    b = sweep_run_name(base, ["data.train_subset=512", "results_dir=/r"])
+    assert a != b and a.startswith(base + "-") and len(a) == len(base) + 7
+    assert sweep_run_name(base, ["results_dir=/x", "data.train_subset=256"]) == a  # order, results_dir
+    assert sweep_run_name(base, ["bits.w=1", "seed=3", "model=lenet5"]) == base  # already in the name
+    assert sweep_run_name(base, ["run_name=mine", "data.train_subset=256"]) == base  # the user's name
+
+
+@pytest.mark.slow
+def test_a_sweep_over_a_key_outside_the_name_keeps_every_run(tmp_path):
+    fast = [a for a in FAST if not a.startswith("data.train_subset=")]
+    args = ["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=1", *fast, "trainer.limit_train_batches=2",
+            "data.train_subset=256,320", f"results_dir={tmp_path}"]
+    p = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [json.loads(f.read_text()) for f in tmp_path.glob("runs/adhoc/*/record.json")]
+    assert len(recs) == 2 and len({r["run_name"] for r in recs}) == 2
+    assert "sweep: 2 runs: 2 ok" in p.stdout
