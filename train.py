@@ -64,15 +64,17 @@ def main(cfg: DictConfig) -> None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep.job(cfg, run)
         return
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
+    from lightning_modules.recorder import interrupted_by
     try:
         run(cfg)
     except (ConfigError, DataError) as e:
         _fail(str(e))
-    except (SIGTERMException, KeyboardInterrupt) as e:
-        # Lightning's SIGTERM exception is a SystemExit without a code (exit 0); the record says
-        # `interrupted` and the exit status says so too: 128 + the signal's number
-        signal = "SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT"
+    except (SystemExit, KeyboardInterrupt) as e:
+        # Lightning's SIGTERM exception is a SystemExit without a code (exit 0): the record says
+        # `interrupted` and the exit status says so too, 128 + the signal's number
+        signal = interrupted_by(e)
+        if signal is None:
+            raise
         print(f"interrupted: {signal}; {cfg.run_dir}/record.json says status interrupted", file=sys.stderr)
         sys.exit(143 if signal == "SIGTERM" else 130)
 

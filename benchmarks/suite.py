@@ -105,7 +105,7 @@ def reuse(run: dict, suite: str) -> dict | None:
         tmp = dst.with_name(f".{dst.name}.copy")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(rec_path.parent, tmp)
-        for key in ("model_file", "checkpoint_file"):
+        for key in ("model_file", "checkpoint_file", "deploy_file"):
             if rec.get(key):
                 rec[key] = str(dst / Path(rec[key]).name)
         rec.update(suite=suite, copied_from=str(rec_path.parent))
@@ -114,6 +114,24 @@ def reuse(run: dict, suite: str) -> dict | None:
         tmp.rename(dst)
         return rec
     return None
+
+
+def execute(runs: list[dict], finished: list[bool], name: str, failed: list[str]) -> None:
+    """Each run not done: copied from another suite's identical run, else started; the names of
+    those that did not finish are appended to `failed`."""
+    for i, (run, skip) in enumerate(zip(runs, finished), 1):
+        if skip:
+            print(f"[{i}/{len(runs)}] skip {run['run_name']} (done, config_hash {run['config_hash']})")
+            continue
+        copied = reuse(run, name)
+        if copied:
+            print(f"[{i}/{len(runs)}] copy {run['run_name']} (same config_hash in {copied['copied_from']})")
+            continue
+        print(f"[{i}/{len(runs)}] run  {run['run_name']}: {' '.join(run['overrides'])}", flush=True)
+        rc = subprocess.run([sys.executable, str(REPO / "train.py"), *run["overrides"]], cwd=REPO).returncode
+        rec = read_record(run["record"])
+        if rc != 0 or rec is None or rec.get("status") not in ("ok", "diverged"):
+            failed.append(run["run_name"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,19 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     finished = [done(run["record"], run["config_hash"]) is not None for run in runs]
     print(f"suite {args.suite}: {len(runs)} runs, {sum(finished)} already done")
     failed, t0 = [], time.perf_counter()
-    for i, (run, skip) in enumerate(zip(runs, finished), 1):
-        if skip:
-            print(f"[{i}/{len(runs)}] skip {run['run_name']} (done, config_hash {run['config_hash']})")
-            continue
-        copied = reuse(run, name)
-        if copied:
-            print(f"[{i}/{len(runs)}] copy {run['run_name']} (same config_hash in {copied['copied_from']})")
-            continue
-        print(f"[{i}/{len(runs)}] run  {run['run_name']}: {' '.join(run['overrides'])}", flush=True)
-        rc = subprocess.run([sys.executable, str(REPO / "train.py"), *run["overrides"]], cwd=REPO).returncode
-        rec = read_record(run["record"])
-        if rc != 0 or rec is None or rec.get("status") not in ("ok", "diverged"):
-            failed.append(run["run_name"])
+    try:
+        execute(runs, finished, name, failed)
+    except KeyboardInterrupt:  # Ctrl-C (the run in progress got it too and wrote its record)
+        ended = [run["run_name"] for run in runs if done(run["record"], run["config_hash"])]
+        print(f"suite {name}: interrupted after {time.perf_counter() - t0:.0f} s; {len(ended)} of "
+              f"{len(runs)} runs done; run the same command again to resume", file=sys.stderr)
+        return 130
     records = [r for r, run in ((read_record(run["record"]), run) for run in runs)
                if r and r.get("config_hash") == run["config_hash"]]
     print(f"suite {args.suite}: {time.perf_counter() - t0:.0f} s")

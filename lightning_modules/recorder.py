@@ -52,6 +52,18 @@ def count_flops(net: torch.nn.Module, dm) -> int:
     return int(counter.get_total_flops())
 
 
+def interrupted_by(e: BaseException) -> str | None:
+    """"SIGTERM" / "SIGINT" when `e` is how Lightning ends a fit on that signal (SIGTERMException,
+    a SystemExit without a code; or, for Ctrl-C, sys.exit(1) raised while handling the
+    KeyboardInterrupt), else None."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+    if isinstance(e, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and isinstance(e.__context__, KeyboardInterrupt)):
+        return "SIGINT"
+    return None
+
+
 class Recorder:
     def __init__(self, cfg: DictConfig):
         self.cfg, self.dir = cfg, Path(cfg.run_dir)
@@ -87,9 +99,8 @@ class Recorder:
                 shutil.rmtree(self.created, ignore_errors=True)
             raise
         except BaseException as e:
-            from pytorch_lightning.utilities.exceptions import SIGTERMException
-            if isinstance(e, (SIGTERMException, KeyboardInterrupt)):
-                signal = "SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT"
+            signal = interrupted_by(e)
+            if signal:
                 self.record.update({"status": "interrupted", "error": f"{signal} received"})
             else:
                 self.record.update({"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]})

@@ -54,3 +54,27 @@ def test_suite_runs_tabulates_and_skips_done_runs(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.suite", "nope"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: SUITE=nope: unknown suite; valid:")
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_suite_prints_its_summary_without_a_traceback(tmp_path):
+    import os
+    import signal
+    import time
+    log = tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "benchmarks.suite", "smoke", "--results-dir", str(tmp_path / "r"),
+           "data.train_subset=20000", "trainer.max_epochs=5"]
+    with open(log, "w") as out:
+        p = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        deadline = time.time() + 120
+        while "fit " not in log.read_text() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        time.sleep(2)
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        rc = p.wait(timeout=120)
+    text = log.read_text()
+    assert rc == 130 and "Traceback" not in text, text[-3000:]
+    assert "suite smoke: interrupted after" in text and "0 of 2 runs done" in text
+    rec = json.loads(next((tmp_path / "r").rglob("record.json")).read_text())
+    assert rec["status"] == "interrupted" and rec["error"] == "SIGINT received"
