@@ -24,6 +24,26 @@ def lib():
         pytest.skip(str(e))
 
 
+@pytest.fixture(params=["avx2", "avx512"])
+def isa(request, lib):
+    """Each kernel path: AVX2 always, AVX-512 VPOPCNTDQ where the CPU has it."""
+    if request.param == "avx512" and not B.avx512_supported():
+        pytest.skip("this CPU lacks AVX-512 VPOPCNTDQ")
+    return request.param
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def isa_env(request, lib, monkeypatch):
+    """Each kernel path, chosen the way a deployed net sees it: through $LWB_BINARY_ISA."""
+    if request.param == "avx512" and not B.avx512_supported():
+        pytest.skip("this CPU lacks AVX-512 VPOPCNTDQ")
+    monkeypatch.setenv("LWB_BINARY_ISA", request.param)
+    return request.param
+
+
+LAYOUTS = ["channel", "joint"]
+
+
 def binarize(x: torch.Tensor, act: str) -> torch.Tensor:
     """The float simulation's 1-bit input: bnn_sign (pm1) or dorefa_act k=1 (01)."""
     return Q.bnn_sign(x) if act == "pm1" else Q.dorefa_act(x, 1)
@@ -43,27 +63,66 @@ def with_edges(x: torch.Tensor) -> torch.Tensor:
 CONV_GEOMETRIES = [(k, s, p) for k in (1, 3, 5) for s in (1, 2) for p in (0, 1, 2)] + [((1, 3), (2, 1), (0, 1))]
 
 
-@pytest.mark.parametrize("act", ["pm1", "01"])
-@pytest.mark.parametrize("channels", [3, 20, 64, 65, 130])
-def test_conv_dot_products_are_exact(act, channels):
+def xnor_k(x: torch.Tensor, k, s, p) -> torch.Tensor:
+    """XNOR-Net's K: mean_c |x| summed over each receptive field (zero padded) / (kh kw)."""
+    kh, kw = (k, k) if isinstance(k, int) else k
+    a = x.abs().mean(1, keepdim=True)
+    return F.conv2d(a, torch.ones(1, 1, kh, kw), stride=s, padding=p) / (kh * kw)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("act", ["pm1", "pm1+xnor", "01"])
+@pytest.mark.parametrize("channels", [3, 16, 20, 32, 64, 65, 130])
+def test_conv_dot_products_are_exact(act, channels, layout, isa):
     torch.manual_seed(channels)
+    enc, xnor = act.split("+")[0], act.endswith("xnor")
     for i, (k, s, p) in enumerate(CONV_GEOMETRIES):
         n, o = (1, 3)[i % 2], 5 + i % 3
         kh, kw = (k, k) if isinstance(k, int) else k
         x = with_edges(torch.randn(n, channels, 7, 8))
         w = signs(o, channels, kh, kw)
-        ref = F.conv2d(binarize(x, act), w, stride=s, padding=p)
-        y = B.binary_conv2d(x, B.pack_weight(w), channels, k, s, p, torch.ones(o), None, act=act,
-                            xnor=False, threads=2)
-        assert torch.equal(y, ref), (k, s, p)
+        ref = F.conv2d(binarize(x, enc), w, stride=s, padding=p)
+        y = B.binary_conv2d(x, B.pack_weight(w), channels, k, s, p, torch.ones(o), None, act=enc,
+                            xnor=xnor, threads=2, isa=isa, layout=layout)
+        if xnor:  # the integer dot, scaled by K once
+            torch.testing.assert_close(y, ref * xnor_k(x, k, s, p), rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(y, ref), (k, s, p)
+
+
+def test_joint_weight_puts_tap_t_channel_c_at_bit_t_c_plus_c():
+    torch.manual_seed(0)
+    for c, k in ((3, 3), (16, 3), (20, 5), (65, 3)):
+        w = signs(6, c, k, k)
+        joint = B.joint_weight(B.pack_weight(w), c, k * k)
+        assert torch.equal(joint, B.pack_weight(w.permute(0, 2, 3, 1).reshape(6, -1)))
+
+
+def test_layout_and_isa_choice(lib, monkeypatch):
+    monkeypatch.delenv("LWB_BINARY_LAYOUT", raising=False)
+    assert [B.choose_layout(c) for c in (3, 16, 32, 64, 65, 127, 128, 130, 256)] == \
+        ["joint"] * 3 + ["channel"] + ["joint"] * 2 + ["channel"] * 3
+    monkeypatch.setenv("LWB_BINARY_LAYOUT", "channel")
+    assert B.choose_layout(16) == "channel" and B.choose_layout(16, "joint") == "joint"
+    monkeypatch.setenv("LWB_BINARY_LAYOUT", "rows")
+    with pytest.raises(ValueError, match="LWB_BINARY_LAYOUT"):
+        B.choose_layout(16)
+    monkeypatch.delenv("LWB_BINARY_ISA", raising=False)
+    assert B.isa() == ("avx512" if B.avx512_supported() else "avx2")
+    monkeypatch.setenv("LWB_BINARY_ISA", "avx2")
+    assert B.isa() == "avx2"
+    monkeypatch.setenv("LWB_BINARY_ISA", "sse")
+    with pytest.raises(ValueError, match="LWB_BINARY_ISA"):
+        B.isa()
 
 
 @pytest.mark.parametrize("act", ["pm1", "01"])
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 500, 4096])
-def test_linear_dot_products_are_exact(act, k):
+def test_linear_dot_products_are_exact(act, k, isa):
     torch.manual_seed(k)
     x, w = with_edges(torch.randn(5, k)), signs(7, k)
-    y = B.binary_linear(x, B.pack_weight(w), k, torch.ones(7), None, act=act, xnor=False, threads=2)
+    y = B.binary_linear(x, B.pack_weight(w), k, torch.ones(7), None, act=act, xnor=False, threads=2,
+                        isa=isa)
     assert torch.equal(y, F.linear(binarize(x, act), w))
 
 
@@ -81,8 +140,10 @@ def scaled_close(y: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("method", list(ROLES))
-@pytest.mark.parametrize("geometry", [(20, 3, 1, 1), (65, 3, 2, 2), (130, 5, 1, 0), (3, 1, 1, 0)])
-def test_scaled_conv_matches_qconv2d(method, geometry):
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("geometry", [(20, 3, 1, 1), (16, 3, 2, 1), (65, 3, 2, 2), (130, 5, 1, 0), (3, 1, 1, 0)])
+def test_scaled_conv_matches_qconv2d(method, geometry, layout, isa_env, monkeypatch):
+    monkeypatch.setenv("LWB_BINARY_LAYOUT", layout)
     c, k, s, p = geometry
     torch.manual_seed(c + k)
     wq, aq = ROLES[method](1)
@@ -97,7 +158,7 @@ def test_scaled_conv_matches_qconv2d(method, geometry):
 
 @pytest.mark.parametrize("method", list(ROLES))
 @pytest.mark.parametrize("k", [1, 65, 500])
-def test_scaled_linear_matches_qlinear(method, k):
+def test_scaled_linear_matches_qlinear(method, k, isa_env):
     torch.manual_seed(k)
     wq, aq = ROLES[method](-1)
     layer = QLinear(k, 11, weight_quant=wq, act_quant=aq).eval()
@@ -108,16 +169,17 @@ def test_scaled_linear_matches_qlinear(method, k):
         scaled_close(binary(x), layer(x))
 
 
-def test_threads_give_identical_results():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_threads_give_identical_results(layout, isa):
     torch.manual_seed(0)
     x, w = torch.randn(3, 70, 12, 12), signs(33, 70, 3, 3)
     pw, alpha, bias = B.pack_weight(w), torch.rand(33), torch.randn(33)
     for act, xnor in (("pm1", True), ("01", False)):
-        one, two = (B.binary_conv2d(x, pw, 70, 3, 1, 1, alpha, bias, act=act, xnor=xnor, threads=t)
-                    for t in (1, 2))
+        one, two = (B.binary_conv2d(x, pw, 70, 3, 1, 1, alpha, bias, act=act, xnor=xnor, threads=t,
+                                    isa=isa, layout=layout) for t in (1, 2))
         assert torch.equal(one, two)
     xl, wl, alpha = torch.randn(9, 300), B.pack_weight(signs(65, 300)), torch.rand(65)
-    one, two = (B.binary_linear(xl, wl, 300, alpha, None, act="pm1", xnor=True, threads=t)
+    one, two = (B.binary_linear(xl, wl, 300, alpha, None, act="pm1", xnor=True, threads=t, isa=isa)
                 for t in (1, 2))
     assert torch.equal(one, two)
 
@@ -140,7 +202,7 @@ NETS = {"lenet5": (LeNet5, (1, 28, 28), ["features.2", "classifier.1"]),
 @pytest.mark.parametrize("input_bn", [True, False])
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("net_name", ["lenet5", "resnet8", pytest.param("vggsmall", marks=pytest.mark.slow)])
-def test_converted_net_predicts_as_the_trained_one(net_name, method, input_bn):
+def test_converted_net_predicts_as_the_trained_one(net_name, method, input_bn, isa_env):
     """Layer by layer, on the trained net's own activations, each binary layer gives the QLayer's
     output (allclose). End to end the two nets agree on the class, and on the logits for all but
     a rare sample: the float simulation sums alpha-scaled products with rounding, the kernel
