@@ -44,14 +44,18 @@ from lightning_modules.record import hardware, hardware_line
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["kind", "name", "backend", "batch", "threads", "samples_s", "x_fp32", "vs"]
 
-# (what, threshold, how it is read off the rows): the issue's targets
+# (what, threshold, how it is read off the rows): the issue's targets, the binary ones for each
+# kernel path (AVX2, the issue's; AVX-512 VPOPCNTDQ where the CPU has it)
 TARGETS = [
-    ("binary Linear 4096x4096, batch 64, 1 thread vs torch FP32", 5.0,
-     dict(kind="layer", name="linear 4096x4096", backend="binary", batch=64, threads=1)),
-    ("binary 3x3 conv 256->256 on 14x14, batch 64, 1 thread vs torch FP32", 3.0,
-     dict(kind="layer", name="conv3x3 256->256 14x14", backend="binary", batch=64, threads=1)),
-    ("XNOR-Net ResNet-20, batch 256, 1 thread vs torch FP32", 2.0,
-     dict(kind="net", name="resnet20", backend="binary", batch=256, threads=1)),
+    *[(f"binary Linear 4096x4096, batch 64, 1 thread vs torch FP32 ({isa})", 5.0,
+       dict(kind="layer", name="linear 4096x4096", backend=f"binary {isa}", batch=64, threads=1))
+      for isa in ("avx2", "avx512")],
+    *[(f"binary 3x3 conv 256->256 on 14x14, batch 64, 1 thread vs torch FP32 ({isa})", 3.0,
+       dict(kind="layer", name="conv3x3 256->256 14x14", backend=f"binary {isa}", batch=64, threads=1))
+      for isa in ("avx2", "avx512")],
+    *[(f"XNOR-Net ResNet-20, batch 256, 1 thread vs torch FP32 ({isa})", 2.0,
+       dict(kind="net", name="resnet20", backend=f"binary {isa}", batch=256, threads=1))
+      for isa in ("avx2", "avx512")],
     ("ONNX Runtime integer ResNet-20, batch 256, 1 thread vs ORT FP32", 1.5,
      dict(kind="net", name="resnet20", backend="onnx int8", batch=256, threads=1)),
 ]
@@ -112,7 +116,8 @@ def torch_fn(module: nn.Module):
     return fn
 
 
-def binary_fn(qnet: nn.Module, threads: int):
+def binary_fn(qnet: nn.Module, threads: int, isa: str):
+    """The packed-bit net on kernel path `isa` (binary.py reads $LWB_BINARY_ISA at each call)."""
     from lightning_modules.deploy.binary import to_binary
     bnet, info = to_binary(qnet)
     if not info["binary"]:
@@ -120,7 +125,29 @@ def binary_fn(qnet: nn.Module, threads: int):
     for m in bnet.modules():
         if hasattr(m, "threads"):
             m.threads = threads
-    return torch_fn(bnet)
+    run = torch_fn(bnet)
+
+    def fn(x):
+        before = os.environ.get("LWB_BINARY_ISA")
+        os.environ["LWB_BINARY_ISA"] = isa
+        try:
+            return run(x)
+        finally:
+            os.environ.pop("LWB_BINARY_ISA") if before is None else os.environ.__setitem__("LWB_BINARY_ISA", before)
+    return fn
+
+
+def isas() -> list[str]:
+    """The binary kernel paths this CPU runs: AVX2 always, AVX-512 VPOPCNTDQ where present."""
+    from lightning_modules.deploy.binary import avx512_supported
+    return ["avx2"] + (["avx512"] if avx512_supported() else [])
+
+
+def backends(f32: nn.Module, qbin: nn.Module, qint: nn.Module, shape, threads: int) -> dict:
+    fns = {"torch fp32": torch_fn(f32)}
+    fns.update({f"binary {isa}": binary_fn(qbin, threads, isa) for isa in isas()})
+    fns.update({"onnx fp32": onnx_fn(f32, shape, False, threads), "onnx int8": onnx_fn(qint, shape, True, threads)})
+    return fns
 
 
 def onnx_fn(net: nn.Module, shape: tuple[int, ...], integer: bool, threads: int):
@@ -170,7 +197,7 @@ def rows_of(kind: str, name: str, batch: int, threads: int, times: dict[str, lis
     return out
 
 
-REFS = {"binary": "torch fp32", "onnx int8": "onnx fp32"}
+REFS = {"binary avx2": "torch fp32", "binary avx512": "torch fp32", "onnx int8": "onnx fp32"}
 
 
 def measure_layers(batches, threads_list, rounds) -> list[dict]:
@@ -179,9 +206,7 @@ def measure_layers(batches, threads_list, rounds) -> list[dict]:
         f32, xnor, q4 = float_layer(kind, shape), xnor_layer(kind, shape), int_layer(kind, shape)
         for threads in threads_list:
             torch.set_num_threads(threads)
-            fns = {"torch fp32": torch_fn(f32), "binary": binary_fn(xnor, threads),
-                   "onnx fp32": onnx_fn(f32, in_shape, False, threads),
-                   "onnx int8": onnx_fn(q4, in_shape, True, threads)}
+            fns = backends(f32, xnor, q4, in_shape, threads)
             for batch in batches:
                 x = torch.randn(batch, *in_shape)
                 rows += rows_of("layer", name, batch, threads, timed_rounds(fns, x, rounds), REFS)
@@ -196,9 +221,7 @@ def measure_nets(names, batches, threads_list, rounds) -> list[dict]:
         f32, xnor, q2 = build_net(name), build_net(name, "xnor", (1, 1)), build_net(name, "dorefa", (2, 2))
         for threads in threads_list:
             torch.set_num_threads(threads)
-            fns = {"torch fp32": torch_fn(f32), "binary": binary_fn(xnor, threads),
-                   "onnx fp32": onnx_fn(f32, shape, False, threads),
-                   "onnx int8": onnx_fn(q2, shape, True, threads)}
+            fns = backends(f32, xnor, q2, shape, threads)
             for batch in batches:
                 x = torch.randn(batch, *shape)
                 rows += rows_of("net", name, batch, threads, timed_rounds(fns, x, rounds, min_s=0.2), REFS)

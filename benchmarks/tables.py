@@ -119,9 +119,11 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 
 def deploy_kind(rec: dict) -> str:
-    """What the deploy step ran: `binary` (packed-bit kernels), `onnx int8` (ONNX Runtime, some
+    """What the deploy step ran: `binary avx2|avx512` (packed-bit kernels), `onnx int8` (ONNX Runtime, some
     layers on its integer kernels), `onnx fp32`, or `none`."""
     backend = rec["deploy_backend"]
+    if backend == "binary" and rec.get("deploy_isa"):
+        return f"binary {rec['deploy_isa']}"
     if backend != "onnx":
         return backend
     return "onnx int8" if "int8" in (rec.get("deploy_layers") or {}).values() else "onnx fp32"

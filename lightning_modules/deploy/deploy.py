@@ -14,7 +14,9 @@ The deployed model is built from the run's exported file, reloaded (the binary b
 signs of the packed export's weights; the onnx backend writes `model.onnx` from the reloaded net),
 so what is timed is what a user would ship. Record keys (`deploy_*`):
 
-- backend, file, bytes, sha256 (the file's; `load_deployed` refuses a file that does not match),
+- backend (and for binary the kernel path, `deploy_isa`: avx2, or avx512 where the CPU has
+  VPOPCNTDQ; $LWB_BINARY_ISA=avx2 forces AVX2), file, bytes, sha256 (the file's; `load_deployed`
+  refuses a file that does not match),
   layers (per layer: binary / int8 / fp32), reason (why a layer or the whole step is not faster)
 - top1, top5 on the test images the run was tested on (up to `deploy.max_samples`)
 - agreement: fraction of those images whose predicted class equals the trained model's
@@ -268,6 +270,9 @@ def deploy(cfg_deploy, trained: nn.Module, reloaded: nn.Module, float_net: nn.Mo
         "deploy_samples": len(x), "deploy_rounds": int(cfg_deploy.rounds),
         **speed_fields(times, len(timed)),
     })
+    if deployed.backend == "binary":
+        from .binary import isa
+        fields["deploy_isa"] = isa()  # the kernel path: avx512 (VPOPCNTDQ) where the CPU has it, else avx2
     log.info("deploy    %s: agreement %.4f, %.0f samples/s, %.2fx its FP32 on the same runtime",
              deployed.backend, fields["deploy_agreement"], fields["deploy_test_samples_s"],
              fields["deploy_x_fp32"])
