@@ -274,16 +274,21 @@ def export_onnx(net: nn.Module, input_shape, path, integer: bool = True, opset: 
     twin, layers, reasons = deploy_twin(net, integer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(twin, (torch.zeros(2, *input_shape),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    model = onnx.load(str(path))
-    model.producer_name = PRODUCER
-    onnx.helper.set_model_props(model, {"producer": PRODUCER, "layers": json.dumps(layers),
-                                        "reasons": json.dumps(reasons)})
-    onnx.save(model, str(path))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # atomic: a kill leaves no half file
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(twin, (torch.zeros(2, *input_shape),), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        model = onnx.load(str(tmp))
+        model.producer_name = PRODUCER
+        onnx.helper.set_model_props(model, {"producer": PRODUCER, "layers": json.dumps(layers),
+                                            "reasons": json.dumps(reasons)})
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"file": str(path), "bytes": path.stat().st_size, "layers": layers, "reasons": reasons,
             "opset": opset}
 
