@@ -39,6 +39,7 @@ from torch import nn
 
 from lightning_modules.compression.quantization import quantizers as Q
 from lightning_modules.compression.quantization.qlayers import QConv2d, QLinear
+from lightning_modules.deploy.deploy import torch_fn
 from lightning_modules.record import hardware, hardware_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,13 +108,6 @@ def build_net(name: str, method: str | None = None, bits: tuple[int, int] | None
         for _ in range(3):
             net(torch.randn(16, c, h, h))
     return net.eval()
-
-
-def torch_fn(module: nn.Module):
-    def fn(x):
-        with torch.inference_mode():
-            return module(x)
-    return fn
 
 
 def binary_fn(qnet: nn.Module, threads: int, isa: str):
