@@ -148,3 +148,13 @@ def read_record(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def failure_record_path(run_dir: Path) -> Path:
+    """Where a failed or interrupted attempt's record goes: record.json, unless that holds an
+    earlier attempt's finished result (ok or diverged), which stays; then record.failed.json
+    beside it (suites and sweeps then see the earlier result, and redo the run if its
+    config_hash is not the one asked for)."""
+    rec = read_record(Path(run_dir) / "record.json")
+    finished = isinstance(rec, dict) and rec.get("status") in ("ok", "diverged")
+    return Path(run_dir) / ("record.failed.json" if finished else "record.json")

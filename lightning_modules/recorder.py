@@ -28,10 +28,11 @@ from .compression.pruning.magnitude import nonzero_params
 from .config_check import ConfigError
 from .loggers import finish
 from .precision import loss_scale
-from .record import git_sha, hardware, ordered, write_json_atomic
+from .record import failure_record_path, git_sha, hardware, ordered, write_json_atomic
 from .record import header as config_header
 
 log = logging.getLogger("harness")
+SMALL_FILE = 4 << 20  # bytes: an earlier attempt's files up to this size are kept in memory
 
 
 def header(cfg: DictConfig, dm, module: pl.LightningModule) -> dict:
@@ -72,12 +73,18 @@ class Recorder:
         self.t_start = time.perf_counter()
         self.created: Path | None = None
         self.before: set[str] = set()  # the run directory's entries before this attempt
+        self.saved: dict[str, bytes] = {}
 
     def make_dir(self) -> Path:
         # the highest folder this run creates: removed again if the config turns out to be bad
         self.created = next((d for d in reversed([self.dir, *self.dir.parents]) if not d.exists()), None)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.before = {p.name for p in self.dir.iterdir()}
+        # an earlier attempt's small files that loggers rewrite in place (hparams.yaml,
+        # metrics.csv): restored if this attempt fails; the large ones (model, checkpoint) are
+        # only ever replaced whole, by a rename, once this attempt has them complete
+        self.saved = {p.name: p.read_bytes() for p in self.dir.iterdir()
+                      if p.is_file() and p.stat().st_size <= SMALL_FILE}
         return self.dir
 
     def remove_own_files(self) -> None:
@@ -86,6 +93,12 @@ class Recorder:
         for p in self.dir.iterdir():
             if p.name not in self.before:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for name, data in self.saved.items():
+            path = self.dir / name
+            if not path.is_file() or path.read_bytes() != data:
+                tmp = path.with_name(f".{name}.restore")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
 
     @contextmanager
     def guard(self, trainer: pl.Trainer, dm, module: pl.LightningModule):
@@ -109,7 +122,7 @@ class Recorder:
                 # no half-written file of this attempt beside the record (exports are atomic, so
                 # an earlier attempt's model file is either untouched or wholly replaced)
                 self.remove_own_files()
-                write_json_atomic(self.dir / "record.json", ordered(self.record))
+                write_json_atomic(failure_record_path(self.dir), ordered(self.record))
                 finish(trainer.loggers, ordered(self.record), exit_code=1)
             raise
 

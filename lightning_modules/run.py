@@ -7,6 +7,7 @@ before anything is written.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -107,8 +108,12 @@ def run(cfg: DictConfig) -> dict:
         if not module.diverged:
             log.info("test      official test set")
             trainer.test(module, datamodule=dm, verbose=False)
-        # the full checkpoint (optimizer state included), what the documents measured; collective
-        trainer.save_checkpoint(recorder.checkpoint_file, weights_only=False)
+        # the full checkpoint (optimizer state included), what the documents measured; collective.
+        # Written beside, then renamed: a kill leaves the earlier checkpoint or the new one whole
+        partial = recorder.checkpoint_file.with_name(f".{recorder.checkpoint_file.name}.partial")
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, recorder.checkpoint_file)
         if trainer.is_global_zero:
             module.method.export(module.net, recorder.model_file)
         recorder.measure(trainer, module, dm)  # accuracy, sizes, throughput, FLOPs/BOPs

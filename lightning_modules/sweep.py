@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .config_check import ConfigError
-from .record import config_hash, header, ordered, read_record, write_json_atomic
+from .record import config_hash, failure_record_path, header, ordered, read_record, write_json_atomic
 
 log = logging.getLogger("harness")
 _FAILED: list[dict] = []  # filled by SweepReport in the process that launched the sweep
@@ -87,9 +87,11 @@ def job(cfg: DictConfig, run) -> dict:
         except Exception as e:
             outcome.update(status="failed", error=_error_line(e))
             log.exception("run %s failed", cfg.run_name)
-            rec = read_record(record_path)
-            if not rec or rec.get("status") != "failed" or rec.get("config_hash") != outcome["config_hash"]:
-                write_json_atomic(record_path, failed_record(cfg, outcome["error"]))
+            target = failure_record_path(record_path.parent)
+            rec = read_record(target)
+            if not rec or rec.get("status") not in ("failed", "interrupted") \
+                    or rec.get("config_hash") != outcome["config_hash"]:
+                write_json_atomic(target, failed_record(cfg, outcome["error"]))
     hc = HydraConfig.get()
     write_json_atomic(Path(hc.sweep.dir) / "jobs" / f"{hc.job.num}.json", outcome)
     return outcome

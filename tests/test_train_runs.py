@@ -105,19 +105,14 @@ def test_hydra_multirun_sweeps_precision_and_bits(tmp_path):
     assert len(list((tmp_path / "sweeps").glob("*/multirun.yaml"))) == 1
 
 
-@pytest.mark.slow
-def test_sigterm_during_training_exits_nonzero_with_an_interrupted_record(tmp_path):
-    """Lightning turns SIGTERM into a SystemExit without a code (exit 0 before); now the run ends
-    with 128 + 15 and a record that says `interrupted`, and no model file."""
+def start_and_sigterm(args: list[str], log) -> int:
+    """train.py with `args`, SIGTERM two seconds into its fit; its exit status."""
     import os
     import signal
     import subprocess
     import sys
     import time
     from tests.conftest import REPO
-    log = tmp_path / "log.txt"
-    args = [a for a in FAST if not a.startswith("data.train_subset")] + [
-        "data.train_subset=20000", "trainer.max_epochs=5", f"results_dir={tmp_path}"]
     with open(log, "w") as out:
         p = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=out,
                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -126,8 +121,35 @@ def test_sigterm_during_training_exits_nonzero_with_an_interrupted_record(tmp_pa
             time.sleep(0.2)
         time.sleep(2)  # into the training loop
         p.send_signal(signal.SIGTERM)
-        rc = p.wait(timeout=120)
-    assert rc == 143, log.read_text()[-2000:]
+        return p.wait(timeout=120)
+
+
+LONG = [a for a in FAST if not a.startswith("data.train_subset")] + ["data.train_subset=20000", "trainer.max_epochs=5"]
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_exits_nonzero_with_an_interrupted_record(tmp_path):
+    """Lightning turns SIGTERM into a SystemExit without a code (exit 0 before); now the run ends
+    with 128 + 15 and a record that says `interrupted`, and no model file."""
+    rc = start_and_sigterm([*LONG, f"results_dir={tmp_path}"], tmp_path / "log.txt")
+    assert rc == 143, (tmp_path / "log.txt").read_text()[-2000:]
     rec = only_record(tmp_path)
     assert rec["status"] == "interrupted" and rec["error"] == "SIGTERM received"
     assert not list(tmp_path.rglob("model.pt")) and not list(tmp_path.rglob("last.ckpt"))
+
+
+@pytest.mark.slow
+def test_an_interrupted_rerun_leaves_the_earlier_result_intact(tmp_path):
+    """The same run name, re-run with another config (another config_hash) and killed mid-fit:
+    the earlier record, model file and checkpoint are untouched; the attempt's record is beside."""
+    res = tmp_path / "res"
+    assert train(FAST, res).returncode == 0
+    run_dir = next(res.rglob("record.json")).parent
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    rc = start_and_sigterm([*LONG, f"results_dir={res}"], tmp_path / "log.txt")
+    assert rc == 143
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name in before}
+    assert after == before and {"model.pt", "last.ckpt", "record.json"} <= set(before)
+    attempt = json.loads((run_dir / "record.failed.json").read_text())
+    assert attempt["status"] == "interrupted"
+    assert attempt["config_hash"] != json.loads(before["record.json"])["config_hash"]
