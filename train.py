@@ -80,6 +80,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import os
+    # two sweeps started in the same second get two sweep folders (conf/config.yaml's
+    # hydra.sweep.dir); a sweep's jobs inherit the id of the process that launched them
+    os.environ.setdefault("LWB_SWEEP_ID", str(os.getpid()))
     sys.argv[1:] = normalize_overrides(sys.argv[1:])
     try:
         precheck(sys.argv[1:])

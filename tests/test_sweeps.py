@@ -161,3 +161,17 @@ def test_a_sweep_over_a_key_outside_the_name_keeps_every_run(tmp_path):
     recs = [json.loads(f.read_text()) for f in tmp_path.glob("runs/adhoc/*/record.json")]
     assert len(recs) == 2 and len({r["run_name"] for r in recs}) == 2
     assert "sweep: 2 runs: 2 ok" in p.stdout
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_keep_separate_folders_and_failures(tmp_path):
+    """hydra.sweep.dir carries the launching process's id: sweeps started in the same second no
+    longer share a folder (where one's failure used to vanish and it exited 0)."""
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", *FAST, "data.root=/no/such/dir", f"results_dir={tmp_path}"]
+    env = {k: v for k, v in os.environ.items() if k != "LWB_SWEEP_ID"}
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert len(list(tmp_path.glob("sweeps/*/multirun.yaml"))) == 2
+    assert all("sweep: 1 runs: 1 failed" in out for out, _ in outs)
