@@ -88,10 +88,14 @@ def check_config(cfg: DictConfig) -> None:
     _int_in(cfg, "data.batch_size", 1)
     _int_in(cfg, "data.eval_batch_size", 1)
     _int_in(cfg, "trainer.max_epochs", 1)
-    _int_in(cfg, "seed", 0)
+    _int_in(cfg, "seed", 0, 2 ** 32 - 1)  # numpy's and Lightning's seed range
     for key in ("data.train_subset", "data.test_subset"):
         if cfg.data.get(key.split(".")[1]) is not None:
             _int_in(cfg, key, 1)
+    subset = cfg.data.get("train_subset")
+    if subset is not None and subset < cfg.data.batch_size:
+        raise ConfigError(f"data.train_subset={subset}: fewer images than one batch (data.batch_size="
+                          f"{cfg.data.batch_size}, full batches only): no training step; valid: >= {cfg.data.batch_size}")
     gc = cfg.get("grad_compression", "none")
     if gc not in ("none", "sketch", "fp16", "powersgd"):
         raise ConfigError(f"grad_compression={gc}: valid: none, sketch, fp16, powersgd")
@@ -116,3 +120,31 @@ def check_config(cfg: DictConfig) -> None:
             _int_in(cfg, "deploy.max_samples", 1)
     if cfg.precision.name not in choices("precision"):
         raise ConfigError(f"precision.name={cfg.precision.name}: valid: {', '.join(choices('precision'))}")
+
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Arguments Lightning's Trainer would reject, said in one line before a directory is made:
+    unknown keys (`+trainer.x=1`), an unknown strategy, a GPU accelerator without a GPU."""
+    import inspect
+
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.strategies import StrategyRegistry
+    params = [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+    for key in cfg.trainer:
+        if key not in params:
+            raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: not an argument of Lightning's Trainer; "
+                              f"valid: {', '.join(params)}")
+    acc = str(cfg.trainer.get("accelerator", "cpu"))
+    if acc not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={acc}: valid: {', '.join(ACCELERATORS)}")
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={acc}: no CUDA device here (torch.cuda.is_available() is "
+                          f"False); valid here: cpu, auto")
+    strategy = cfg.trainer.get("strategy", "auto")
+    valid = ["auto", *StrategyRegistry.available_strategies()]
+    if isinstance(strategy, str) and strategy not in valid:
+        raise ConfigError(f"trainer.strategy={strategy}: valid: {', '.join(valid)}")

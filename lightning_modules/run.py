@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from .config_check import ConfigError, check_config
+from .config_check import ConfigError, check_config, check_trainer
 from .earlier_runs import resolve_references
 from .loggers import quiet
 from .module import CompressionModule
@@ -85,6 +85,7 @@ def run(cfg: DictConfig) -> dict:
     quiet()  # Lightning's device lines and advertisements, torch's LeafSpec warning (loggers.py)
     recorder = Recorder(cfg)  # started_at, wall_s
     check_config(cfg)
+    check_trainer(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     log.info("data      %s (root=%s)", cfg.data._target_, cfg.data.root)

@@ -30,6 +30,10 @@ CASES = [
     (["suite.name=.."], "suite.name='..': must be one path component"),
     (["run_dir=/tmp/elsewhere"], "run_dir=/tmp/elsewhere: must lie inside"),
     (["method=fp32", "deploy=binary"], "deploy=binary: method fp32 has bits W32A32"),
+    (["+trainer.foo=1"], "trainer.foo=1: not an argument of Lightning's Trainer; valid: accelerator"),
+    (["trainer.strategy=nope"], "trainer.strategy=nope: valid: auto, ddp"),
+    (["data.train_subset=5"], "data.train_subset=5: fewer images than one batch (data.batch_size=32"),
+    (["seed=99999999999999999999"], "seed=99999999999999999999: must be an integer in 0..4294967295"),
 ]
 
 
@@ -63,3 +67,9 @@ def test_a_bad_run_name_touches_no_other_run(tmp_path):
     p = train(["run_name=..", "data.root=/no/such/dir"], tmp_path / "results")
     assert p.returncode == 2 and "run_name='..'" in p.stderr
     assert sorted(q.name for q in other.iterdir()) == ["model.pt", "record.json"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the check is for machines without a GPU")
+def test_a_gpu_trainer_without_a_gpu_is_one_line(tmp_path):
+    line = one_line_error(["trainer.accelerator=gpu"], tmp_path / "results")
+    assert line.startswith("error: trainer.accelerator=gpu: no CUDA device here")
