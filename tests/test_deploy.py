@@ -3,6 +3,7 @@ end with a deployed model on a real runtime (packed-bit binary kernels, ONNX Run
 kernels), its record keys, refusals before training, damaged deploy files, and a model the
 runtime cannot run. Speed is never asserted; the contract is: what runs is what was trained."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -150,5 +151,5 @@ def test_run_dir_measures_the_deployed_model_and_refuses_a_damaged_file(request,
     f.write_bytes(data[:100] + bytes([data[100] ^ 0x10]) + data[101:])  # one bit flipped: the loader refuses it
     from lightning_modules.compression.errors import FileFormatError
     from lightning_modules.deploy.deploy import load_deployed
-    with pytest.raises(FileFormatError, match=f"^{f}: deploy file corrupted"):
+    with pytest.raises(FileFormatError, match="^" + re.escape(f"{f}: deploy file corrupted")):
         load_deployed(record, lambda: None)
