@@ -84,6 +84,12 @@ if __name__ == "__main__":
     # two sweeps started in the same second get two sweep folders (conf/config.yaml's
     # hydra.sweep.dir); a sweep's jobs inherit the id of the process that launched them
     os.environ.setdefault("LWB_SWEEP_ID", str(os.getpid()))
+    if any(a in ("-m", "--multirun") for a in sys.argv[1:]) and "LWB_SWEPT" not in os.environ:
+        # the keys this sweep varies (a,b / range() / choice() / glob()): jobs name their runs by them
+        os.environ["LWB_SWEPT"] = ",".join(
+            a.partition("=")[0].lstrip("+~") for a in sys.argv[1:] if "=" in a and not a.startswith("-")
+            and ("," in a.partition("=")[2].strip("[]") and not a.partition("=")[2].startswith("[")
+                 or a.partition("=")[2].startswith(("range(", "choice(", "glob("))))
     sys.argv[1:] = normalize_overrides(sys.argv[1:])
     try:
         precheck(sys.argv[1:])

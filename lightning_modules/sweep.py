@@ -54,15 +54,20 @@ NAMED = ("model", "method", "bits", "bits.w", "bits.a", "bits.g", "precision", "
 
 def sweep_run_name(run_name: str, task_overrides: list[str]) -> str:
     """The job's run name: as configured when the sweep sets `run_name` itself or varies only the
-    keys the default name spells out; else `<name>-<6 hex of the other overrides>`, so
+    keys the default name spells out; else `<name>-<6 hex of the swept overrides outside it>`
+    ($LWB_SWEPT: the keys given several values; all overrides when unknown), so
     `-m data.train_subset=256,512` gives two runs two directories (the same job of a re-run
     gets the same name: the skip-if-done rule still finds it)."""
     import hashlib
     keys = [o.partition("=")[0].lstrip("+~") for o in task_overrides]
     if "run_name" in keys or "run_dir" in keys:
         return run_name
+    import os
+    swept = os.environ.get("LWB_SWEPT")  # the keys the launching train.py saw swept (train.py)
+    swept = None if swept is None else set(swept.split(","))
     other = sorted(o for o, k in zip(task_overrides, keys)
-                   if k not in NAMED and not k.startswith(("hydra.", "hydra/", "wandb.")))
+                   if k not in NAMED and not k.startswith(("hydra.", "hydra/", "wandb."))
+                   and (swept is None or k in swept))
     if not other:
         return run_name
     return f"{run_name}-{hashlib.sha1(chr(10).join(other).encode()).hexdigest()[:6]}"
