@@ -197,6 +197,25 @@ static inline void tap_range(int64_t i0, int64_t K, int64_t H, int64_t *lo, int6
         *hi = *lo;
 }
 
+/* The distinct in-bounds tap ranges [lo, hi) of the n output positions along one axis (stride s,
+   padding p, kernel K, input size H): the ranges into lo[]/hi[], each position's index into id[];
+   returns how many there are (at most 2 * pad + 1 border patterns plus the interior one). */
+static int64_t border_patterns(int64_t n, int64_t s, int64_t p, int64_t K, int64_t H,
+                               int64_t *lo, int64_t *hi, int32_t *id)
+{
+    int64_t count = 0;
+    for (int64_t o = 0; o < n; o++) {
+        int64_t a, b, r = 0;
+        tap_range(o * s - p, K, H, &a, &b);
+        while (r < count && (lo[r] != a || hi[r] != b))
+            r++;
+        if (r == count)
+            lo[r] = a, hi[r] = b, count++;
+        id[o] = (int32_t)r;
+    }
+    return count;
+}
+
 static inline __m256i op(__m256i a, __m256i b, const int act01)
 {
     return act01 ? _mm256_and_si256(a, b) : _mm256_xor_si256(a, b);
@@ -487,24 +506,8 @@ void bk_conv_joint(const u64 *xp, int64_t N, int64_t C, int64_t H, int64_t W, co
     int32_t *rid = malloc((size_t)(OH + OW) * sizeof(int32_t)), *cid = rid + OH;
     int64_t *rlo = malloc((size_t)(2 * (OH + OW)) * sizeof(int64_t)), *rhi = rlo + OH;
     int64_t *clo = rhi + OH, *chi = clo + OW, nrp = 0, ncp = 0;
-    for (int64_t oh = 0; oh < OH; oh++) {
-        int64_t lo, hi, r = 0;
-        tap_range(oh * sh - ph, KH, H, &lo, &hi);
-        while (r < nrp && (rlo[r] != lo || rhi[r] != hi))
-            r++;
-        if (r == nrp)
-            rlo[r] = lo, rhi[r] = hi, nrp++;
-        rid[oh] = (int32_t)r;
-    }
-    for (int64_t ow = 0; ow < OW; ow++) {
-        int64_t lo, hi, c = 0;
-        tap_range(ow * sw - pw, KW, W, &lo, &hi);
-        while (c < ncp && (clo[c] != lo || chi[c] != hi))
-            c++;
-        if (c == ncp)
-            clo[c] = lo, chi[c] = hi, ncp++;
-        cid[ow] = (int32_t)c;
-    }
+    nrp = border_patterns(OH, sh, ph, KH, H, rlo, rhi, rid);
+    ncp = border_patterns(OW, sw, pw, KW, W, clo, chi, cid);
     int32_t *corr = calloc((size_t)(nrp * ncp * O), sizeof(int32_t));
     if (!act01)
         for (int64_t r = 0; r < nrp; r++)
