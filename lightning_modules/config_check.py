@@ -110,6 +110,7 @@ def check_config(cfg: DictConfig) -> None:
     root = cfg.data.get("root")
     if root is not None and not Path(str(root)).is_dir():
         raise ConfigError(f"data.root={root}: no such directory (omit it to use <repo>/data)")
+    check_checkpoint(cfg)
     deploy = cfg.get("deploy")
     if deploy is not None:
         from .deploy.deploy import check as check_deploy
@@ -120,6 +121,20 @@ def check_config(cfg: DictConfig) -> None:
             _int_in(cfg, "deploy.max_samples", 1)
     if cfg.precision.name not in choices("precision"):
         raise ConfigError(f"precision.name={cfg.precision.name}: valid: {', '.join(choices('precision'))}")
+
+
+def check_checkpoint(cfg: DictConfig) -> None:
+    """checkpoint.every_n_steps: an integer >= 1 or null; every_minutes: a number > 0 or null;
+    resume: auto or never."""
+    ck = cfg.get("checkpoint") or {}
+    n, m = ck.get("every_n_steps"), ck.get("every_minutes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"checkpoint.every_n_steps={n}: must be an integer >= 1, or null (off)")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0):
+        raise ConfigError(f"checkpoint.every_minutes={m}: must be a number > 0, or null (off)")
+    if cfg.get("resume", "auto") not in ("auto", "never"):
+        raise ConfigError(f"resume={cfg.get('resume')}: valid: auto (continue from this config's newest "
+                          "mid-run checkpoint in the run directory), never")
 
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")

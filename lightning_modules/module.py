@@ -7,6 +7,7 @@ its callbacks and for an extra loss; it never branches on the method's name.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Callable
 
 import pytorch_lightning as pl
@@ -90,7 +91,7 @@ class CompressionModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return opt
         params = inspect.signature(self.scheduler_factory).parameters
-        steps = int(self.trainer.estimated_stepping_batches)
+        steps = stepping_batches(self.trainer)
         if self.scheduler_interval == "epoch":
             steps = self.trainer.max_epochs
         kw = {k: steps for k in ("total_steps", "T_max") if k in params}
@@ -100,3 +101,18 @@ class CompressionModule(pl.LightningModule):
     def configure_callbacks(self):
         # attached once (at fit); trainer.test finds it already there
         return [] if self.hooks in self.trainer.callbacks else [self.hooks]
+
+
+def stepping_batches(trainer: pl.Trainer) -> int:
+    """`trainer.estimated_stepping_batches` (the schedule's total steps), computed from the length
+    of a resumable training loader (TensorLoader) without letting Lightning build and iterate it
+    here: Lightning would start that iterator before a resumed fit restores the loader's position
+    from the checkpoint (callbacks/resume.py), and the resumed run would replay the epoch's start."""
+    dm = trainer.datamodule
+    loader = dm.train_dataloader() if dm is not None else None
+    if loader is None or not hasattr(loader, "consumed"):
+        return int(trainer.estimated_stepping_batches)
+    n, limit = len(loader), trainer.limit_train_batches
+    n = min(n, limit) if isinstance(limit, int) else int(n * limit)  # as Lightning's _parse_num_batches
+    steps = math.ceil(n / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The code a run executes: its content (not mtimes) enters config_hash.
 CODE = ("lightning_modules", "datamodules", "train.py")
 # Keys that say where or how results are kept, not what was run: they do not enter config_hash.
-NOT_HASHED = ("results_dir", "run_dir", "run_name", "logger", "wandb", "suite")
+NOT_HASHED = ("results_dir", "run_dir", "run_name", "logger", "wandb", "suite", "checkpoint", "resume")
 
 RECORD_KEYS = ("suite", "run_name", "config_hash", "model", "method", "bits", "precision", "dataset",
                "epochs", "batch_size", "seed", "status", "top1", "top5", "train_it_s",

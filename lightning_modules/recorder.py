@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from .callbacks import resume
 from .callbacks.record_fields import RecordFields
 from .compression.cost import cost
 from .compression.pruning.magnitude import nonzero_params
@@ -79,6 +80,11 @@ class Recorder:
         # the highest folder this run creates: removed again if the config turns out to be bad
         self.created = next((d for d in reversed([self.dir, *self.dir.parents]) if not d.exists()), None)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # an earlier attempt killed while writing left its temporary files (the harness's own
+        # `.<name>.<random>.tmp` / `.<name>.partial`, never renamed into place): they go
+        for p in self.dir.iterdir():
+            if p.is_file() and p.name.startswith(".") and p.name.endswith((".tmp", ".partial")):
+                p.unlink(missing_ok=True)
         self.before = {p.name for p in self.dir.iterdir()}
         # an earlier attempt's small files that loggers rewrite in place (hparams.yaml,
         # metrics.csv): restored if this attempt fails; the large ones (model, checkpoint) are
@@ -90,8 +96,9 @@ class Recorder:
     def remove_own_files(self) -> None:
         """Delete what this attempt created in the run directory and nothing else: an earlier
         attempt's files (a previous result) stay, bar the record, which says this attempt failed."""
+        keep = set(map(str, resume.files(self.dir)))  # mid-run checkpoints: the next attempt continues
         for p in self.dir.iterdir():
-            if p.name not in self.before:
+            if p.name not in self.before and str(p) not in keep and str(p).removesuffix(".sha256") not in keep:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         for name, data in self.saved.items():
             path = self.dir / name

@@ -17,11 +17,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from .callbacks import resume
+from .callbacks.resume import ResumeCheckpoint
 from .config_check import ConfigError, check_config, check_trainer
 from .earlier_runs import resolve_references
 from .loggers import quiet
 from .module import CompressionModule
 from .precision import precision_plugin
+from .record import config_hash
 from .recorder import Recorder
 
 log = logging.getLogger("harness")
@@ -74,6 +77,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: CompressionModule) -> 
     if hasattr(logger, "log_hyperparams"):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]  # + MethodHooks, from the module
+    every = cfg.checkpoint
+    if module.method.trains and (every.every_n_steps or every.every_minutes):
+        callbacks.append(ResumeCheckpoint(run_dir, config_hash(cfg), every.every_n_steps, every.every_minutes))
     # the harness saves last.ckpt itself; Lightning's checkpointing only for a user's ModelCheckpoint
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     return pl.Trainer(**kw, plugins=[precision_plugin(cfg.precision.name, accelerator)], logger=logger,
@@ -96,13 +102,20 @@ def run(cfg: DictConfig) -> dict:
     log.info("model     %s -> method %s, bits W%sA%sG%s", cfg.model.name, cfg.method.name,
              cfg.bits.w, cfg.bits.a, cfg.bits.g)
     module = build_module(cfg, dm)
+    if not module.method.trains:
+        check_calibration(cfg, dm)
 
     log.info("precision %s", cfg.precision.name)
     log.info("run dir   %s", cfg.run_dir)
     trainer = build_trainer(cfg, recorder.make_dir(), module)
     with recorder.guard(trainer, dm, module):
-        log.info("fit       %s epochs", cfg.trainer.max_epochs)
-        trainer.fit(module, datamodule=dm)
+        if module.method.trains:
+            fit(cfg, trainer, module, dm, recorder)
+        else:
+            log.info("calibrate %s batches (seed %s), no training", cfg.method.calibration_batches,
+                     cfg.method.calibration_seed)
+            module.net = module.method.calibrate(module.net, calibration_batches(cfg, dm))
+            recorder.record.update({k: int(cfg.method[k]) for k in ("calibration_batches", "calibration_seed")})
         # the trained structure made physical (filter pruning drops masked channels) on every rank;
         # timed into the record's compression_s, outside the throughput clocks
         module.hooks.finalize(module)
@@ -120,7 +133,45 @@ def run(cfg: DictConfig) -> dict:
         recorder.measure(trainer, module, dm)  # accuracy, sizes, throughput, FLOPs/BOPs
         if trainer.is_global_zero and not module.diverged and cfg.deploy.backend != "none":
             recorder.record.update(deploy_run(cfg, dm, module, recorder.model_file))
-    return recorder.write(trainer)
+    record = recorder.write(trainer)
+    if trainer.is_global_zero:
+        resume.clean(recorder.dir)  # finished: its mid-run checkpoints are spent
+    return record
+
+
+def fit(cfg: DictConfig, trainer: pl.Trainer, module: CompressionModule, dm, recorder: Recorder) -> None:
+    """Lightning's fit, continued from the run directory's newest valid mid-run checkpoint of this
+    config when `resume=auto` (callbacks/resume.py); the record says from which step."""
+    start = resume.find(recorder.dir, config_hash(cfg)) if cfg.resume == "auto" else None
+    recorder.record["resumed_from_step"] = start.step if start else None
+    if start:
+        log.info("resume    from %s (step %d)", start.path.name, start.step)
+    log.info("fit       %s epochs", cfg.trainer.max_epochs)
+    trainer.fit(module, datamodule=dm, ckpt_path=start.path if start else None, weights_only=True)
+
+
+def check_calibration(cfg: DictConfig, dm) -> None:
+    """A post-training method's calibration batches: 1..(full training batches of the split)."""
+    n, have = cfg.method.get("calibration_batches"), len(dm.train_dataloader())
+    ok = isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= have
+    if not ok:
+        raise ConfigError(f"method.calibration_batches={n}: must be an integer in 1..{have} (full batches "
+                          f"of data.batch_size={cfg.data.batch_size} in the training split)")
+
+
+def calibration_batches(cfg: DictConfig, dm) -> list:
+    """The first `method.calibration_batches` training batches in an order drawn with
+    `method.calibration_seed` (the loader's shuffle seed where it has one, else torch's)."""
+    loader = dm.train_dataloader()
+    if hasattr(loader, "seed"):  # TensorLoader: its order is a function of its seed
+        loader.seed = int(cfg.method.calibration_seed)
+    torch.manual_seed(int(cfg.method.calibration_seed))
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == cfg.method.calibration_batches:
+            break
+    return out
 
 
 def deploy_run(cfg: DictConfig, dm, module: CompressionModule, model_file: Path) -> dict:

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from .. import faults
 from ..compression.errors import ConfigError
 from .record_fields import RecordFields
 
@@ -57,11 +58,13 @@ class MethodHooks(RecordFields):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         net = self._net(pl_module)
-        self._timed(pl_module, lambda: self.method.on_time(net, trainer.current_epoch, "epoch"))
+        if self._timed(pl_module, lambda: self.method.on_time(net, trainer.current_epoch, "epoch")):
+            faults.point("method_step")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         net = self._net(pl_module)
-        self._timed(pl_module, lambda: self.method.on_time(net, trainer.global_step, "step"))
+        if self._timed(pl_module, lambda: self.method.on_time(net, trainer.global_step, "step")):
+            faults.point("method_step")
 
     def on_train_end(self, trainer, pl_module) -> None:
         for h in self._handles:
@@ -73,6 +76,14 @@ class MethodHooks(RecordFields):
     def finalize(self, pl_module) -> None:
         """The trained structure made physical (filter pruning drops masked channels), timed."""
         pl_module.net = self._timed(pl_module, lambda: self.method.finalize(pl_module.net))
+
+    # a mid-run checkpoint (callbacks/resume.py) holds the method's own state and the time spent
+    def state_dict(self) -> dict:
+        return {"method": self.method.state_dict(), "compression_s": self.compression_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.compression_s = float(state["compression_s"])
 
     def fields(self, trainer) -> dict:
         return {"compression_s": self.compression_s}

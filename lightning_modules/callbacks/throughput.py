@@ -44,6 +44,9 @@ class _Clock:
 
     def tick(self, now: float, samples: int, excluded: float = 0.0) -> None:
         """One batch ended at `now`; `excluded` = the running total of excluded seconds."""
+        if self.t0 is None:  # a fit resumed mid-epoch (no epoch start): the clock starts here
+            self.start(now, excluded)
+            return
         dt = (now - self.t0) - (excluded - self.excluded0)
         self.t0, self.excluded0 = now, excluded
         self.seen += 1

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from .. import faults
 from .errors import FileFormatError
 
 MAGIC = b"LWBFILE\n"
@@ -117,6 +118,7 @@ def write(path: str | Path, kind: str, payload: dict) -> Path:
             for c in chunks:
                 f.write(c)
             f.write(_CRC.pack(crc))
+        faults.point("export")  # tests: kill -9 with the file written, not yet renamed
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

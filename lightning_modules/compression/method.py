@@ -19,6 +19,16 @@ while training
                                     latent weights, group lasso's proximal step)
 - `loss(logits, target, batch)`     the training loss, or None for cross-entropy (distillation)
 - `unfinished() -> str | None`      after fit: why the schedule did not reach its end, or None
+instead of training (`trains = False`: post-training methods, e.g. PTQ)
+- `calibrate(model, batches) -> model`  called by run.py in place of the fit, with the
+                                    method's `calibration_batches` training batches (x, y)
+                                    drawn with its `calibration_seed`
+checkpoints (callbacks/resume.py: a mid-run checkpoint, then `resume=auto`)
+- `state_dict() -> dict` / `load_state_dict(state)`  what continuing needs beyond the net's
+                                    tensors (masks, codebooks, learned scales are buffers or
+                                    parameters of the net, in its state dict): the attributes named
+                                    in `STATE` (default: the scheduled times done); plain values
+                                    and tensors only (the checkpoint loads with weights_only=True)
 after training
 - `finalize(model) -> model`        make the trained structure physical (drop pruned channels,
                                     round to the stored precision); what is tested is what is saved
@@ -33,6 +43,7 @@ is prune -> share -> Huffman-coded file, conf/method/deep_compression.yaml).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -47,6 +58,8 @@ class Method:
     """Base class and the identity: full-precision training, weights saved as a state dict."""
 
     schedule: Schedule | None = None
+    trains: bool = True  # False: run.py calls `calibrate` instead of training
+    STATE: tuple[str, ...] = ("done",)  # attributes a mid-run checkpoint saves (state_dict)
 
     def __init__(self, name: str = "fp32"):
         self.name = name
@@ -74,6 +87,24 @@ class Method:
 
     def after_step(self, model: nn.Module, lr: float) -> None:
         return None
+
+    def calibrate(self, model: nn.Module, batches: list) -> nn.Module:
+        """Post-training methods (`trains = False`): fit the method to `batches` of (x, y)."""
+        return model
+
+    def state_dict(self) -> dict:
+        """The attributes in `STATE`, deep-copied (`done` as a sorted list of [interval, t])."""
+        out = {k: copy.deepcopy(getattr(self, k)) for k in self.STATE}
+        out["done"] = sorted([list(d) for d in self.done])
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [k for k in self.STATE if k not in state]
+        if missing:
+            raise FileFormatError(f"method {self.name}: checkpoint lacks its state {missing[0]!r}")
+        for k in self.STATE:
+            setattr(self, k, copy.deepcopy(state[k]))
+        self.done = {tuple(d) for d in state["done"]}
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch) -> torch.Tensor | None:
         return None
@@ -152,6 +183,15 @@ class Compose(Method):
 
     def unfinished(self):
         return next((why for m in self.methods if (why := m.unfinished())), None)
+
+    def state_dict(self):
+        return {key: m.state_dict() for key, m in self.parts.items()}
+
+    def load_state_dict(self, state):
+        for key, m in self.parts.items():
+            if key not in state:
+                raise FileFormatError(f"method {self.name}: checkpoint lacks the state of part {key!r}")
+            m.load_state_dict(state[key])
 
     def finalize(self, model):
         for m in self.methods:

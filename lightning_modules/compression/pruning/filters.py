@@ -150,6 +150,8 @@ class FilterPrune(Method):
     """`method=filter_prune`. flops_target: fraction of the FLOPs kept at `end`; interval,
     start, end, frequency: the pruning steps (a `Schedule`, start >= 1); min_channels: per group."""
 
+    STATE = Method.STATE + ("history",)
+
     def __init__(self, name: str = "filter_prune", flops_target: float = 0.5, interval: str = "epoch",
                  start: int = 1, end: int = 1, frequency: int = 1, min_channels: int = 1):
         super().__init__(name)
