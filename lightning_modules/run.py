@@ -78,7 +78,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: CompressionModule) -> 
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]  # + MethodHooks, from the module
     every = cfg.checkpoint
-    if module.method.trains and (every.every_n_steps or every.every_minutes):
+    if module.method.trains:  # saves when due; its state is in every checkpoint (SLURM's too)
         callbacks.append(ResumeCheckpoint(run_dir, config_hash(cfg), every.every_n_steps, every.every_minutes))
     # the harness saves last.ckpt itself; Lightning's checkpointing only for a user's ModelCheckpoint
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
@@ -148,6 +148,9 @@ def fit(cfg: DictConfig, trainer: pl.Trainer, module: CompressionModule, dm, rec
         log.info("resume    from %s (step %d)", start.path.name, start.step)
     log.info("fit       %s epochs", cfg.trainer.max_epochs)
     trainer.fit(module, datamodule=dm, ckpt_path=start.path if start else None, weights_only=True)
+    if trainer.is_global_zero:
+        resume.drop_slurm(recorder.dir)
+    trainer.strategy.barrier("resume.drop_slurm")
 
 
 def check_calibration(cfg: DictConfig, dm) -> None:

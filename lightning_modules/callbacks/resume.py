@@ -113,24 +113,32 @@ class ResumeCheckpoint(pl.Callback):
         return due
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._due(trainer) and trainer.global_step not in self.saved:
-            self.save(trainer, batch_idx + 1)
+        # the loader's position, for any checkpoint from here to the next batch's end (ours, or
+        # Lightning's on SLURM's preemption signal, which may come at any moment)
+        self._mark(trainer, batch_idx + 1)
+        if (self.every_n_steps or self.every_minutes) and self._due(trainer) and trainer.global_step not in self.saved:
+            self.save(trainer)
         faults.point(f"step:{trainer.global_step}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # the end of training: a rerun after a kill in test or export starts from here
         last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
-        if last and trainer.global_step not in self.saved:
-            self.save(trainer, None)
+        if last and (self.every_n_steps or self.every_minutes) and trainer.global_step not in self.saved:
+            self._mark(trainer, None)
+            self.save(trainer)
 
-    def save(self, trainer: pl.Trainer, batches: int | None) -> None:
-        """Write resume-s<step>.ckpt and its checksum; then drop the older ones."""
+    @staticmethod
+    def _mark(trainer: pl.Trainer, batches: int | None) -> None:
+        """Tell resumable loaders how many batches of this epoch training consumed (None: all)."""
         epoch_done = batches is None or batches >= trainer.num_training_batches
         loaders = trainer.train_dataloader
         for dl in (loaders.values() if isinstance(loaders, dict) else
                    loaders if isinstance(loaders, (list, tuple)) else [loaders]):
             if hasattr(dl, "consumed"):  # datamodules.tensor_loader.TensorLoader (resumable)
                 dl.consumed(batches or 0, epoch_done)
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write resume-s<step>.ckpt and its checksum; then drop the older ones."""
         step = trainer.global_step
         path = self.dir / f"resume-s{step}.ckpt"
         partial = path.with_name(f".{path.name}.partial")
@@ -195,6 +203,15 @@ def _unusable(path: Path, config_hash: str) -> str | None:
         return (f"written by a run of another config (config_hash {own.get('config_hash') if isinstance(own, dict) else None}, "
                 f"this run {config_hash}); delete it or set resume=never to start afresh")
     return None
+
+
+def drop_slurm(run_dir: Path) -> None:
+    """After fit: Lightning's SLURM checkpoints are spent, and must go before `trainer.test`, which
+    under SLURM would otherwise load the newest hpc_ckpt (Lightning's ckpt_path="hpc" default)
+    instead of testing the trained net."""
+    for p in files(run_dir):
+        if HPC.fullmatch(p.name):
+            remove(p)
 
 
 def clean(run_dir: Path) -> None:
