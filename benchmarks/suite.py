@@ -24,7 +24,7 @@ from omegaconf import ListConfig, OmegaConf
 
 from benchmarks import render, wandb_suite
 from lightning_modules.config_check import ConfigError, check_overrides, choices, normalize_overrides
-from lightning_modules.record import config_hash, read_record, write_json_atomic
+from lightning_modules.record import TABLE_KEYS, config_hash, read_record, write_json_atomic
 from lightning_modules.sweep import done
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suite {name}: interrupted after {time.perf_counter() - t0:.0f} s; {len(ended)} of "
               f"{len(runs)} runs done; run the same command again to resume", file=sys.stderr)
         return 130
-    records = [r for r, run in ((read_record(run["record"]), run) for run in runs)
+    records = [r for r, run in ((read_record(run["record"], TABLE_KEYS), run) for run in runs)
                if r and r.get("config_hash") == run["config_hash"]]
     print(f"suite {args.suite}: {time.perf_counter() - t0:.0f} s")
     if records:
