@@ -10,12 +10,15 @@ import pytest
 import torch
 import yaml
 
+from datamodules.cifar import CIFARArrays, CIFARDataModule
+from datamodules.common import DataError
 from lightning_modules import earlier_runs
 from lightning_modules.compression import container
 from lightning_modules.config_check import ConfigError
 from lightning_modules.earlier_runs import load_run
 from lightning_modules.models import MLP
 from tests.compression.test_distill import make_run
+from tests.image_fixtures import write_cifar
 
 
 class Payload:
@@ -102,3 +105,50 @@ def test_an_invalid_record_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_run("t", tmp_path, "s")
     assert one_line(e).startswith(f"method.teacher=t: {run / 'record.json'}: top1=7.5: ")
+
+
+# --- CIFAR batches -------------------------------------------------------------------------------
+
+def test_a_cifar_batch_in_the_real_format_loads(tmp_path):
+    """The fixture's protocol-2 batches (numpy._core names, bytes via _codecs), and a batch as the
+    original Python 2 files name numpy (numpy.core.multiarray): both give the written arrays."""
+    want = write_cifar(tmp_path, "cifar10", n_train=15, n_test=5)
+    ds = CIFARArrays(tmp_path, "cifar10", train=True)
+    img, lab = want["train"]
+    assert np.array_equal(ds.data, img) and ds.targets == lab.tolist() and len(ds.classes) == 10
+    f = tmp_path / "cifar-10-batches-py" / "test_batch"
+    f.write_bytes(f.read_bytes().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+    assert b"numpy.core.multiarray" in f.read_bytes()
+    test = CIFARArrays(tmp_path, "cifar10", train=False)
+    assert np.array_equal(test.data, want["test"][0]) and test.targets == want["test"][1].tolist()
+
+
+@pytest.mark.parametrize("name", ["data_batch_3", "batches.meta"])
+def test_a_cifar_batch_that_runs_code_is_refused_unrun(tmp_path, name):
+    write_cifar(tmp_path, "cifar10", n_train=15, n_test=5)
+    f = tmp_path / "cifar-10-batches-py" / name
+    marker = tmp_path / "ran"
+    f.write_bytes(pickle.dumps({"data": Payload(marker), "labels": [0]}, protocol=2))
+    dm = CIFARDataModule("cifar10", root=str(tmp_path), val_size=2, num_workers=0, download=False)
+    with pytest.raises(DataError) as e:
+        dm.setup()
+    assert one_line(e).startswith(f"{f}: refused: it names posix.system, and a CIFAR batch holds only numpy arrays")
+    assert not marker.exists()
+    # the same file through torchvision's loader (plain pickle.load) would have run it
+    pickle.loads(f.read_bytes())
+    assert marker.exists()
+
+
+def test_a_cifar_batch_that_is_not_a_batch_is_one_line(tmp_path):
+    write_cifar(tmp_path, "cifar100", n_train=15, n_test=5)
+    f = tmp_path / "cifar-100-python" / "train"
+    f.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+    with pytest.raises(DataError) as e:
+        CIFARArrays(tmp_path, "cifar100", train=True)
+    assert one_line(e).startswith(f"{f}: a pickled list, not a CIFAR batch")
+    f.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [1]}, protocol=2))
+    with pytest.raises(DataError, match="not a CIFAR batch .expected 'data', N x 3072 uint8"):
+        CIFARArrays(tmp_path, "cifar100", train=True)
+    f.write_bytes(b"\x80\x02}q\x00(X")  # truncated
+    with pytest.raises(DataError, match=f"{f}: unreadable"):
+        CIFARArrays(tmp_path, "cifar100", train=True)
