@@ -5,11 +5,11 @@ the compression package is only handed the built net or its state dict (`resolve
 The earlier run is rebuilt from what it left behind: its record.json names the model and the
 method, its resolved config (hparams.yaml, written by the csv logger) gives the exact net and
 method arguments (else conf/model/<model>.yaml and conf/method/<method>.yaml with the record's
-bits), and the run's method `load`s its exported file (model.pt, the checked container). A results
-folder is data, not code: a Lightning checkpoint (last.ckpt, a pickle) is never loaded, and the
-only `_target_`s instantiated from a run's hparams.yaml are those of the project's own conf/. A run name is looked up as
-`<results_dir>/runs/<suite>/<name>/` first (e.g. a teacher trained earlier in the same suite),
-then under any suite; a run directory or a model file names it directly.
+bits), and the run's method `load`s its exported file (model.pt, the checked container). A run
+name is looked up as `<results_dir>/runs/<suite>/<name>/` first (e.g. a teacher trained earlier
+in the same suite), then under any suite; a run directory or its model.pt names it directly.
+A results folder is data, not code: a Lightning checkpoint (last.ckpt, a pickle) is never loaded,
+and the only `_target_`s built from a run's hparams.yaml are those of the project's own conf/.
 """
 from __future__ import annotations
 
@@ -98,9 +98,7 @@ def run_config(run: Run, key: str):
         cfg = OmegaConf.load(hp)  # YAML's safe loader: no tags, no objects
         if all(k in cfg for k in ("model", "method", "data")):
             nodes = {"model.net": cfg.model.net, "method": cfg.method, "data": cfg.data}
-            for where, node in nodes.items():
-                check_targets(node, hp, where, key)
-            return cfg.model.net, cfg.method, cfg.data
+            return tuple(OmegaConf.create(checked(node, hp, where, key)) for where, node in nodes.items())
     rec = run.record
     paths = {g: CONF / g / f"{rec.get(n)}.yaml" for g, n in
              (("model", "model"), ("method", "method"), ("data", "dataset"))}
@@ -131,10 +129,11 @@ def conf_targets() -> frozenset[str]:
     return frozenset(t for f in sorted(CONF.rglob("*.yaml")) for t in walk(yaml.safe_load(f.read_text())))
 
 
-def check_targets(node, file: Path, where: str, key: str) -> None:
-    """ConfigError (one line naming the file, the key and the target) if the config `node` read from
-    `file` (an earlier run's hparams.yaml: data, not code) has a `_target_` that no conf/ file
-    names: instantiating it would run whatever it names (`_target_: os.system`)."""
+def checked(node, file: Path, where: str, key: str) -> dict:
+    """The config `node` read from `file` (an earlier run's hparams.yaml: data, not code), resolved,
+    as what is then built; ConfigError (one line naming the file, the key and the target) if it
+    has a `_target_` that no conf/ file names: building it would run whatever it names
+    (`_target_: os.system`)."""
     from omegaconf import OmegaConf
     try:
         tree = OmegaConf.to_container(node, resolve=True)
@@ -154,6 +153,7 @@ def check_targets(node, file: Path, where: str, key: str) -> None:
             for i, v in enumerate(n):
                 walk(v, f"{path}.{i}")
     walk(tree, where)
+    return tree
 
 
 def data_shape(data_cfg) -> tuple[int, int, int]:
