@@ -74,8 +74,9 @@ def test_failed_and_diverged_records_pass(smoke):
     """None where the harness writes None: a failed run has no accuracy, footprint or throughput."""
     _, records = smoke
     rec = records[0][1]
+    none = {k: None for k in ("top1", "top5", "footprint_bytes", "checkpoint_bytes", "train_it_s",
+                              "test_samples_s")}
     for status in ("failed", "diverged", "interrupted", "running"):
-        none = {k: None for k in ("top1", "top5", "footprint_bytes", "checkpoint_bytes", "train_it_s", "test_samples_s")}
         assert record_problem({**rec, **none, "status": status}, TABLE_KEYS) is None
 
 
