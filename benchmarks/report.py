@@ -24,19 +24,19 @@ import pandas as pd
 from benchmarks import published, render, tables
 from benchmarks import suite as suite_runner
 from benchmarks.plots import slug, suite_plots
-from lightning_modules.record import git_sha, hardware_line, read_record
+from lightning_modules.record import TABLE_KEYS, git_sha, hardware_line, read_record
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_records(results_dir: Path) -> dict[str, list[dict]]:
     """Records by suite (the record's `suite`), suites and runs in name order. A record that is
-    missing, half-written or lacks the fields a table needs is skipped."""
+    half-written, of the wrong types or ranges, or lacks the fields a table needs is skipped with
+    a one-line warning on stderr (`read_record`)."""
     out: dict[str, list[dict]] = {}
     for path in sorted(Path(results_dir).glob("runs/*/*/record.json")):
-        rec = read_record(path)
-        if not isinstance(rec, dict) or not isinstance(rec.get("bits"), dict) \
-                or not all(k in rec for k in ("model", "method", "precision", "status")):
+        rec = read_record(path, TABLE_KEYS)
+        if rec is None:
             continue
         out.setdefault(str(rec.get("suite") or path.parent.parent.name), []).append(rec)
     return dict(sorted(out.items()))

@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import ListConfig, OmegaConf
 
 from benchmarks import render, wandb_suite
-from lightning_modules.config_check import ConfigError, check_overrides, choices, normalize_overrides
-from lightning_modules.record import config_hash, read_record, write_json_atomic
+from lightning_modules.config_check import ConfigError, check_config, check_overrides, choices, normalize_overrides
+from lightning_modules.record import TABLE_KEYS, config_hash, read_record, write_json_atomic
 from lightning_modules.sweep import done
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +76,13 @@ def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list
     """The suite's config and, per run, its overrides, composed config, config_hash and record path."""
     if name not in choices("suite"):
         raise ConfigError(f"SUITE={name}: unknown suite; valid: {', '.join(choices('suite'))}")
+    try:
+        return _plan(name, results_dir, extra)
+    except Refused as e:
+        raise refused(e) from None
+
+
+def _plan(name: str, results_dir: str, extra: list[str]) -> tuple[dict, list[dict]]:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         suite = compose("config", overrides=[f"suite={name}"]).suite
         seeds = suite_seeds(name, suite.get("seeds"))
@@ -84,7 +91,7 @@ def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list
             overrides = normalize_overrides(
                 [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"])
             check_overrides(overrides)
-            cfg = compose("config", overrides=overrides)
+            cfg = compose_run(overrides)
             if cfg.run_dir in seen:
                 raise ConfigError(f"suite {name}: run {cfg.run_name} is listed twice; valid: each run "
                                   "once (give runs that differ only by seed distinct seeds)")
@@ -92,6 +99,38 @@ def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list
             runs.append({"overrides": overrides, "config_hash": config_hash(cfg), "cfg": cfg,
                          "record": Path(cfg.run_dir) / "record.json", "run_name": cfg.run_name})
     return OmegaConf.to_container(suite, resolve=True), runs
+
+
+class Refused(Exception):
+    """Hydra refused a run's overrides (e.g. an unknown key): which ones, and its first line."""
+
+    def __init__(self, overrides: list[str], line: str):
+        super().__init__(line)
+        self.overrides = overrides
+
+
+def compose_run(overrides: list[str]):
+    """One run's config, inside plan's Hydra context; Refused if Hydra refuses the overrides."""
+    try:
+        return compose("config", overrides=overrides)
+    except Exception as e:
+        raise Refused(overrides, str(e).strip().splitlines()[0]) from None
+
+
+def refused(e: Refused) -> ConfigError:
+    """The one line for overrides Hydra refused: train.py's (outside any Hydra context), which
+    names the unknown key, its value and the valid keys there; else Hydra's first line."""
+    from train import precheck
+    precheck(e.overrides)  # raises the ConfigError train.py would
+    return ConfigError(str(e))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors (an unknown option, no suite) are one line and exit status 2."""
+
+    def error(self, message: str):
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        self.exit(2, f"error: {message}; usage: {usage}\n")
 
 
 def reuse(run: dict, suite: str) -> dict | None:
@@ -135,7 +174,7 @@ def execute(runs: list[dict], finished: list[bool], name: str, failed: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("suite")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--tables-dir", default=None, help="default: <results-dir>/tables")
@@ -144,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     name = args.suite
     try:
         suite, runs = plan(name, args.results_dir, args.overrides)
+        finished = [done(run["record"], run["config_hash"]) is not None for run in runs]
+        for run, skip in zip(runs, finished):  # train.py's value checks, before any run starts
+            if not skip:
+                check_config(run["cfg"])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finished = [done(run["record"], run["config_hash"]) is not None for run in runs]
     print(f"suite {args.suite}: {len(runs)} runs, {sum(finished)} already done")
     failed, t0 = [], time.perf_counter()
     try:
@@ -157,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suite {name}: interrupted after {time.perf_counter() - t0:.0f} s; {len(ended)} of "
               f"{len(runs)} runs done; run the same command again to resume", file=sys.stderr)
         return 130
-    records = [r for r, run in ((read_record(run["record"]), run) for run in runs)
+    records = [r for r, run in ((read_record(run["record"], TABLE_KEYS), run) for run in runs)
                if r and r.get("config_hash") == run["config_hash"]]
     print(f"suite {args.suite}: {time.perf_counter() - t0:.0f} s")
     if records:

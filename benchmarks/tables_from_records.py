@@ -17,13 +17,13 @@ from pathlib import Path
 from benchmarks import render
 from benchmarks.suite import plan
 from lightning_modules.config_check import ConfigError, choices
-from lightning_modules.record import read_record
+from lightning_modules.record import TABLE_KEYS, read_record
 
 
 def rebuild(name: str, results_dir: Path, tables_dir: Path) -> str:
     """Rebuild one suite's tables; return the line that says what was done."""
     suite, runs = plan(name, str(results_dir))
-    records = [r for r in (read_record(run["record"]) for run in runs) if r]
+    records = [r for r in (read_record(run["record"], TABLE_KEYS) for run in runs) if r]
     if not records:
         return f"suite {name}: no records under {Path(results_dir) / 'runs' / name}: table left as it is"
     paths = render.write(name, suite, records, tables_dir)

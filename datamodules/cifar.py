@@ -1,22 +1,28 @@
-"""CIFAR-10 / CIFAR-100 over torchvision's datasets (the python pickle batches).
+"""CIFAR-10 / CIFAR-100 from the python pickle batches.
 
 `data.root` holds `cifar-10-batches-py/` (data_batch_1..5, test_batch, batches.meta) or
-`cifar-100-python/` (train, test, meta). Missing files are downloaded by torchvision where the
-network allows; otherwise one DataError names the expected files. Training augmentation is the
+`cifar-100-python/` (train, test, meta). Missing files are downloaded (torchvision's download and
+md5 check of the archive) where the network allows; otherwise one DataError names the expected
+files. The batches are pickles, and a pickle can run code when loaded: they are read by
+`read_batch`, an Unpickler that builds numpy arrays, lists, dicts, strings and numbers only (what a
+CIFAR batch holds) and refuses anything else in one DataError line naming the file (torchvision's
+own loader, plain pickle.load, is not used). Training augmentation is the
 standard one (He et al. 2016): random 32x32 crop of the image padded by 4 pixels, horizontal
 flip; then per-channel normalisation (transforms v2). Validation is a fixed-seed split of the
 training set, the test set the official 10k.
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets
+from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
 from .common import DataError, dataset_root, make_loader
@@ -24,23 +30,81 @@ from .common import DataError, dataset_root, make_loader
 # per-channel mean/std of the 50k training images, pixel values in [0, 1]
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
          "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+# torchvision's class per variant: only its file names, archive url and md5 (it does not unpickle)
 TV_CLASS = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
 
+# the globals a CIFAR batch's pickle may name: numpy's array reconstruction (numpy.core in the
+# original Python 2 files, numpy._core when numpy 2 writes one) and, in protocol-2 pickles written
+# by Python 3, bytes as _codecs.encode(str, "latin1"); everything else (os.system, ...) is refused
+SAFE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+                ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+                ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                ("_codecs", "encode"): codecs.encode}
 
-def _existence_only(tv_class):
-    """torchvision's CIFAR class checking that the files exist (it verifies md5 sums when it
-    downloads; hashing 170 MB on every start is not needed, and tests use small fixture files)."""
-    class Checked(tv_class):
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
-        def _load_meta(self) -> None:  # torchvision's, without the md5 check
-            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-    Checked.__name__ = tv_class.__name__
-    return Checked
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle names a global outside SAFE_GLOBALS."""
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only SAFE_GLOBALS (the Python docs' "restricting globals")."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise ForbiddenGlobal(f"it names {module}.{name}") from None
+
+
+def read_batch(path: Path) -> dict:
+    """One CIFAR python batch (a pickled dict) read with BatchUnpickler; DataError (one line naming
+    the file) for a pickle that names anything but a numpy array, or that is not a dict."""
+    try:
+        with open(path, "rb") as f:
+            batch = BatchUnpickler(f, encoding="latin1").load()
+    except ForbiddenGlobal as e:
+        raise DataError(f"{path}: refused: {e}, and a CIFAR batch holds only numpy arrays, lists, dicts, "
+                        "strings and numbers (a pickle naming other code could run it); delete the file "
+                        "and download it again") from None
+    except Exception as e:  # truncated, not a pickle
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "delete it and download again") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: a pickled {type(batch).__name__}, not a CIFAR batch (a dict); delete it and "
+                        "download again")
+    return batch
+
+
+class CIFARArrays(Dataset):
+    """A CIFAR split as torchvision's CIFAR dataset holds it (uint8 HWC images in `.data`, labels in
+    `.targets`, class names in `.classes`, an optional `.transform`), read with `read_batch`."""
+
+    def __init__(self, root: Path, variant: str, train: bool):
+        tv = TV_CLASS[variant]
+        folder = Path(root) / tv.base_folder
+        images, self.targets = [], []
+        for name, _ in tv.train_list if train else tv.test_list:
+            batch = read_batch(folder / name)
+            labels = batch.get("labels", batch.get("fine_labels"))
+            data = batch.get("data")
+            if not isinstance(data, np.ndarray) or labels is None or data.size != len(labels) * 3 * 32 * 32:
+                raise DataError(f"{folder / name}: not a CIFAR batch (expected 'data', N x 3072 uint8, and N "
+                                "'labels' or 'fine_labels'); delete it and download again")
+            images.append(data.reshape(-1, 3, 32, 32))
+            self.targets.extend(int(y) for y in labels)
+        self.data = np.vstack(images).transpose(0, 2, 3, 1)  # NHWC, as torchvision holds it
+        meta = folder / tv.meta["filename"]
+        self.classes = read_batch(meta).get(tv.meta["key"])
+        if not isinstance(self.classes, list):
+            raise DataError(f"{meta}: no {tv.meta['key']} list; delete it and download again")
+        self.transform = None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        img = self.data[i]
+        return (self.transform(img) if self.transform else img), self.targets[i]
 
 
 def expected_files(variant: str) -> tuple[str, list[str]]:
@@ -54,8 +118,9 @@ def ensure_files(root: Path, variant: str, allow_download: bool = True) -> None:
     if not missing:
         return
     if allow_download:
-        try:
-            TV_CLASS[variant](str(root), train=True, download=True)
+        tv = TV_CLASS[variant]
+        try:  # the archive, its md5 checked, unpacked (nothing unpickled here)
+            download_and_extract_archive(tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5)
             return
         except Exception:  # no network: fall through to the one-line advice
             pass
@@ -64,14 +129,10 @@ def ensure_files(root: Path, variant: str, allow_download: bool = True) -> None:
                     f"{', '.join(files)} (the python version, https://www.cs.toronto.edu/~kriz/cifar.html)")
 
 
-def load(root: Path, variant: str, train: bool):
-    """The torchvision dataset (images as uint8 HWC numpy in `.data`, labels in `.targets`)."""
-    try:
-        return _existence_only(TV_CLASS[variant])(str(root), train=train, download=False)
-    except Exception as e:
-        folder = root / TV_CLASS[variant].base_folder
-        raise DataError(f"data.root={root}: {variant} files under {folder} are unreadable "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); delete them and download again") from None
+def load(root: Path, variant: str, train: bool) -> CIFARArrays:
+    """The split's images (uint8 HWC numpy in `.data`) and labels (`.targets`), read with the
+    restricted unpickler; DataError (one line naming the file) for a damaged or foreign file."""
+    return CIFARArrays(root, variant, train)
 
 
 def split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,8 +4,8 @@ data=cifar10_dali); the same batches as the torchvision path: (float32 NCHW norm
 ImageNet: file reader (the list of files and labels the torchvision path uses, so the label
 mapping is identical) -> JPEG decoding (`mixed`: on the GPU, nvJPEG) -> random resized crop 224
 + random mirror (training) or resize 256 + center crop 224 (evaluation) -> crop-mirror-normalise.
-CIFAR: the pickle batches read by torchvision, fed by an external source (each rank its shard),
-pad 4 + random crop 32 + mirror + normalise in crop-mirror-normalise.
+CIFAR: the pickle batches as cifar.py reads them (its restricted unpickler), fed by an external
+source (each rank its shard), pad 4 + random crop 32 + mirror + normalise in crop-mirror-normalise.
 
 On a machine without a GPU (or `device: cpu`) the same pipeline runs on the CPU
 (`device_id=None`), which is how CI tests it. Under DDP each rank reads its own shard

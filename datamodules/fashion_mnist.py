@@ -65,6 +65,12 @@ def load_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     except Exception as e:
         raise DataError(f"Fashion-MNIST files under {Path(root) / 'FashionMNIST' / 'raw'} are unreadable "
                         f"({type(e).__name__}: {e}); delete them and run `make data`") from None
+    if len(ds.data) != len(ds.targets):  # torchvision reads both files without comparing them
+        prefix = "train" if train else "t10k"
+        raw = Path(root) / "FashionMNIST" / "raw"
+        raise DataError(f"{raw / f'{prefix}-images-idx3-ubyte'} has {len(ds.data)} images but "
+                        f"{raw / f'{prefix}-labels-idx1-ubyte'} {len(ds.targets)} labels; valid: one label "
+                        "per image (delete both and run `make data`)")
     x = ((ds.data.float() / 255.0 - MEAN) / STD).unsqueeze(1).contiguous()
     return x, ds.targets.long()
 

@@ -5,23 +5,30 @@ the compression package is only handed the built net or its state dict (`resolve
 The earlier run is rebuilt from what it left behind: its record.json names the model and the
 method, its resolved config (hparams.yaml, written by the csv logger) gives the exact net and
 method arguments (else conf/model/<model>.yaml and conf/method/<method>.yaml with the record's
-bits), and the run's method `load`s its exported file. A run name is looked up as
-`<results_dir>/runs/<suite>/<name>/` first (e.g. a teacher trained earlier in the same suite),
-then under any suite; a run directory or a model file names it directly.
+bits), and the run's method `load`s its exported file (model.pt, the checked container). A run
+name is looked up as `<results_dir>/runs/<suite>/<name>/` first (e.g. a teacher trained earlier
+in the same suite), then under any suite; a run directory or its model.pt names it directly.
+A results folder is data, not code: a Lightning checkpoint (last.ckpt, a pickle) is never loaded,
+and the only `_target_`s built from a run's hparams.yaml are those of the project's own conf/.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import yaml
 from torch import nn
 
 from .compression.errors import FileFormatError
 from .compression.method import Method
 from .compression.quantization.qlayers import QLayer
 from .config_check import CONF, ConfigError
+from .record import record_problem
+
+# the one file of a run that is loaded: its method's export (a checked container, no pickle)
+WEIGHTS = "model.pt"
 
 
 @dataclass
@@ -33,12 +40,17 @@ class Run:
 
 
 def find_run(spec: str, results_dir: str | Path, suite: str | None, key: str) -> Run:
-    """`spec` is a weights file (model.pt, last.ckpt), a run directory, or a run name looked up
-    under <results_dir>/runs/<suite>/ then <results_dir>/runs/*/. ConfigError (one line, naming
-    `key`) when nothing or more than one run matches, or the run did not finish."""
+    """`spec` is a run's exported weights file (model.pt), a run directory, or a run name looked
+    up under <results_dir>/runs/<suite>/ then <results_dir>/runs/*/. ConfigError (one line, naming
+    `key`) when nothing or more than one run matches, the run did not finish, or it has no
+    model.pt (a last.ckpt is a pickle: never loaded)."""
     p = Path(str(spec))
     runs = Path(str(results_dir)) / "runs"
     if p.is_file():
+        if p.name != WEIGHTS:
+            raise ConfigError(f"{key}={spec}: not a run's exported weights file ({p.name}; a Lightning "
+                              f"checkpoint is never loaded: it is a pickle, which can run code); valid: "
+                              f"a finished run's {WEIGHTS}, its run directory or its run name")
         run_dir, file = p.parent, p
     elif p.is_dir():
         run_dir, file = p, None
@@ -49,7 +61,7 @@ def find_run(spec: str, results_dir: str | Path, suite: str | None, key: str) ->
         if not found:
             raise ConfigError(f"{key}={spec}: no such file, run directory or run under {runs}/*/; "
                               "valid: a run name (trained earlier, e.g. listed before in the suite), "
-                              "a run directory or a model.pt / last.ckpt path")
+                              f"a run directory or a {WEIGHTS} path")
         if len(found) > 1:
             raise ConfigError(f"{key}={spec}: a run of that name is in several suites "
                               f"({', '.join(d.parent.name for d in found)}); name its run directory instead")
@@ -58,14 +70,23 @@ def find_run(spec: str, results_dir: str | Path, suite: str | None, key: str) ->
     if not rec_path.is_file():
         raise ConfigError(f"{key}={spec}: no record.json in {run_dir}; valid: the file or directory of "
                           "a finished run of this harness")
-    record = json.loads(rec_path.read_text())
+    try:
+        record = json.loads(rec_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}={spec}: {rec_path} is not readable JSON ({e}); valid: the record of "
+                          "a finished run of this harness") from None
+    problem = record_problem(record)
+    if problem:
+        raise ConfigError(f"{key}={spec}: {rec_path}: {problem}; valid: the record of a finished run "
+                          "of this harness")
     if record.get("status") != "ok":
         raise ConfigError(f"{key}={spec}: that run's status is {record.get('status')!r}; valid: a run "
                           "that finished with status ok")
     if file is None:
-        file = next((f for f in (run_dir / "model.pt", run_dir / "last.ckpt") if f.is_file()), None)
-        if file is None:
-            raise ConfigError(f"{key}={spec}: neither model.pt nor last.ckpt in {run_dir}")
+        file = run_dir / WEIGHTS
+        if not file.is_file():
+            raise ConfigError(f"{key}={spec}: no {WEIGHTS} in {run_dir} (a last.ckpt is never loaded: "
+                              f"it is a pickle, which can run code); valid: a finished run's {WEIGHTS}")
     return Run(run_dir, file, record)
 
 
@@ -74,9 +95,10 @@ def run_config(run: Run, key: str):
     from omegaconf import OmegaConf
     hp = run.run_dir / "hparams.yaml"
     if hp.is_file():
-        cfg = OmegaConf.load(hp)
+        cfg = OmegaConf.load(hp)  # YAML's safe loader: no tags, no objects
         if all(k in cfg for k in ("model", "method", "data")):
-            return cfg.model.net, cfg.method, cfg.data
+            nodes = {"model.net": cfg.model.net, "method": cfg.method, "data": cfg.data}
+            return tuple(OmegaConf.create(checked(node, hp, where, key)) for where, node in nodes.items())
     rec = run.record
     paths = {g: CONF / g / f"{rec.get(n)}.yaml" for g, n in
              (("model", "model"), ("method", "method"), ("data", "dataset"))}
@@ -90,6 +112,48 @@ def run_config(run: Run, key: str):
     for g, path in paths.items():
         cfg[g] = OmegaConf.load(path)
     return cfg.model.net, cfg.method, cfg.data
+
+
+@functools.cache
+def conf_targets() -> frozenset[str]:
+    """Every `_target_` named in the project's own conf/**/*.yaml: what a run's config may build."""
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "_target_" and isinstance(v, str):
+                    yield v
+                yield from walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v)
+    return frozenset(t for f in sorted(CONF.rglob("*.yaml")) for t in walk(yaml.safe_load(f.read_text())))
+
+
+def checked(node, file: Path, where: str, key: str) -> dict:
+    """The config `node` read from `file` (an earlier run's hparams.yaml: data, not code), resolved,
+    as what is then built; ConfigError (one line naming the file, the key and the target) if it
+    has a `_target_` that no conf/ file names: building it would run whatever it names
+    (`_target_: os.system`)."""
+    from omegaconf import OmegaConf
+    try:
+        tree = OmegaConf.to_container(node, resolve=True)
+    except Exception as e:  # an interpolation that does not resolve
+        raise ConfigError(f"{key}: {file}: {where}: cannot resolve ({str(e).splitlines()[0]})") from None
+
+    def walk(n, path):
+        if isinstance(n, dict):
+            t = n.get("_target_")
+            if t is not None and t not in conf_targets():
+                raise ConfigError(f"{key}: {file}: {path}._target_={t}: not a target of this project's "
+                                  "conf/ (a results folder is data, not code); valid: the _target_s "
+                                  "of conf/**/*.yaml")
+            for k, v in n.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(n, list):
+            for i, v in enumerate(n):
+                walk(v, f"{path}.{i}")
+    walk(tree, where)
+    return tree
 
 
 def data_shape(data_cfg) -> tuple[int, int, int]:
@@ -116,15 +180,9 @@ def run_method(method_cfg) -> Method:
 
 
 def load_weights(method: Method, model: nn.Module, file: Path) -> nn.Module:
-    """The run's exported file via its method's `load`; a Lightning checkpoint (last.ckpt) via the
-    `net.` entries of its state dict into the method-applied model."""
-    if file.suffix != ".ckpt":
-        return method.load(model, file)
-    ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    model = method.apply(model)
-    model.load_state_dict(state)
-    return model
+    """The run's exported file (model.pt) via its method's `load`: the checked container, never a
+    pickle."""
+    return method.load(model, file)
 
 
 def load_run(spec: str, results_dir: str | Path, suite: str | None = None,

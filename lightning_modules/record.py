@@ -10,11 +10,15 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Annotated, Literal, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import TypedDict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,10 @@ RECORD_KEYS = ("suite", "run_name", "config_hash", "model", "method", "bits", "p
                "epochs", "batch_size", "seed", "status", "top1", "top5", "train_it_s",
                "train_samples_s", "test_it_s", "test_samples_s", "params", "footprint_bytes",
                "checkpoint_bytes", "wall_s", "started_at", "git_sha", "hardware", "torch_version")
+# A record's status: being written by a live run, finished (ok, diverged), or not (failed, interrupted).
+STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
+# The keys a table row is made of (benchmarks/tables.py indexes them): a record without one is skipped.
+TABLE_KEYS = ("model", "method", "bits", "precision", "status")
 
 
 def header(cfg: DictConfig) -> dict:
@@ -142,12 +150,110 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None if it is missing or not (yet) valid JSON."""
+# --- the schema a record is read with ---------------------------------------------------------
+# Types and ranges of the keys tables, plots, suites and earlier-run lookups read; a key may be
+# absent (a record written by an older harness, a test's minimal one), but one that is present has
+# the type the harness writes (None where it writes None: a failed run has no top1). Other keys
+# pass unchecked (extra="allow").
+_Bit = Annotated[int, Field(ge=1, le=32)]
+_Count = Optional[Annotated[int, Field(ge=0)]]
+_Positive = Optional[Annotated[int, Field(ge=1)]]
+_Rate = Optional[Annotated[float, Field(ge=0)]]
+_Fraction = Optional[Annotated[float, Field(ge=0, le=1)]]
+
+
+class Bits(TypedDict):
+    """The run's bitwidths: weights, activations, gradients."""
+    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")
+    w: _Bit
+    a: _Bit
+    g: _Bit
+
+
+class RecordSchema(BaseModel):
+    """What a record.json must hold to be read (strict: "0.9" is not a number, true not an int)."""
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+    suite: str = None
+    run_name: str = None
+    model: str = None
+    method: str = None
+    precision: str = None
+    method_label: Optional[str] = None
+    dataset: Optional[str] = None
+    config_hash: Optional[str] = None
+    status: Literal[STATUSES] = None
+    bits: Bits = None
+    epochs: _Positive = None
+    batch_size: _Positive = None
+    seed: Annotated[int, Field(ge=0)] = None
+    top1: _Fraction = None
+    top5: _Fraction = None
+    val_top1_last: _Fraction = None
+    val_top1_best: _Fraction = None
+    deploy_top1: _Fraction = None
+    deploy_top5: _Fraction = None
+    deploy_agreement: _Fraction = None
+    params: _Count = None
+    nonzero_params: _Count = None
+    footprint_bytes: _Count = None
+    checkpoint_bytes: _Count = None
+    deploy_bytes: _Count = None
+    flops: _Count = None
+    flops_effective: _Count = None
+    bops: _Count = None
+    test_samples: _Count = None
+    world_size: _Positive = None
+    train_it_s: _Rate = None
+    train_samples_s: _Rate = None
+    test_it_s: _Rate = None
+    test_samples_s: _Rate = None
+    deploy_test_samples_s: _Rate = None
+    deploy_fp32_test_samples_s: _Rate = None
+    deploy_x_fp32: _Rate = None
+    wall_s: _Rate = None
+    hardware: Optional[dict] = None
+    layers: Optional[list] = None
+    report: Optional[list] = None
+    deploy_layers: Optional[dict] = None
+
+
+def record_problem(record, need: tuple[str, ...] = ()) -> str | None:
+    """Why `record` (parsed JSON) is not a valid record, in a few words naming the field and its
+    value (`top1=7.5: Input should be less than or equal to 1`); None if it is valid. `need`:
+    keys that must be present (a table's row needs TABLE_KEYS)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    missing = [k for k in need if k not in record]
+    if missing:
+        return f"{missing[0]}: missing; a record needs {', '.join(need)}"
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        RecordSchema.model_validate(record)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(k) for k in err["loc"])
+        value = json.dumps(err["input"], default=str) if err["type"] != "missing" else "(absent)"
+        return f"{key}={value[:60]}: {err['msg']}"
+    return None
+
+
+def read_record(path: Path, need: tuple[str, ...] = ()) -> dict | None:
+    """The record at `path`; None if it is missing, or not JSON or not a valid record
+    (`record_problem`): then one line on stderr names the path and the field, and the record is
+    skipped by whoever reads it (suites, tables, the report, earlier-run lookups)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
         return None
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        problem = f"not valid JSON ({e})"
+    else:
+        problem = record_problem(record, need)
+        if problem is None:
+            return record
+    print(f"warning: {path}: {problem}; skipped", file=sys.stderr)
+    return None
 
 
 def failure_record_path(run_dir: Path) -> Path:

@@ -1,6 +1,11 @@
 """Bad input: one line naming key, value and what is valid; exit 2; nothing written. Each case
 starts train.py (a process), so the module is `slow`. The valid names come from the registry
 (conf/<group>/*.yaml), so adding a model, method or dataset changes the expected line with it."""
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, train
@@ -73,3 +78,42 @@ def test_a_bad_run_name_touches_no_other_run(tmp_path):
 def test_a_gpu_trainer_without_a_gpu_is_one_line(tmp_path):
     line = one_line_error(["trainer.accelerator=gpu"], tmp_path / "results")
     assert line.startswith("error: trainer.accelerator=gpu: no CUDA device here")
+
+
+def idx(path, data: np.ndarray) -> None:
+    """An IDX file (the MNIST format): magic (0, 0, uint8 type 0x08, ndim), the sizes, the bytes."""
+    path.write_bytes(bytes([0, 0, 8, data.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in data.shape)
+                     + data.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_labels_that_do_not_match_the_images_are_one_line(tmp_path):
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 64), ("t10k", 16)):
+        idx(raw / f"{prefix}-images-idx3-ubyte", np.zeros((n, 28, 28)))
+        idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n - (prefix == "train")) % 10)
+    line = one_line_error([f"data.root={tmp_path / 'data'}", "data.val_size=8", "data.batch_size=8"],
+                          tmp_path / "results")
+    assert line == (f"error: {raw / 'train-images-idx3-ubyte'} has 64 images but {raw / 'train-labels-idx1-ubyte'} "
+                    "63 labels; valid: one label per image (delete both and run `make data`)")
+
+
+def suite(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks.suite", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["smoke", "nosuch.key=1"], "error: nosuch.key=1: unknown key"),
+    (["smoke", "data.nosuch=1"], "error: data.nosuch=1: unknown key; valid keys under data: _target_, root"),
+    (["smoke", "trainer.max_epochs=0"], "error: trainer.max_epochs=0: must be an integer >= 1"),
+    (["smoke", "--nosuch"], "error: unrecognized arguments: --nosuch; usage: "),
+    (["smoke", "--results=x"], "error: unrecognized arguments: --results=x; usage: "),
+    ([], "error: the following arguments are required: suite"),
+], ids=["unknown-key", "unknown-data-key", "bad-value", "unknown-flag", "abbreviated-flag", "no-suite"])
+def test_the_suite_runner_says_bad_input_in_one_line_and_runs_nothing(tmp_path, args, message):
+    results = tmp_path / "results"
+    p = suite([*args, "--results-dir", str(results)] if args else [])
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), p.stderr[-2000:]
+    assert p.stdout == "" and not results.exists()

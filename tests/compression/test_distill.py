@@ -20,11 +20,6 @@ from lightning_modules.models import MLP
 from tests.conftest import FAST, only_record, train
 
 
-class FiveClassData:
-    """A datamodule's shape attributes only: what the teacher rebuild reads from a data config."""
-    in_channels, image_size, num_classes = 1, 28, 5
-
-
 def kd(teacher=None, results_dir="results", suite=None, shape=(1, 28, 10), **kw) -> KnowledgeDistillation:
     """method=kd as run.build_method builds it: the teacher run found and rebuilt by the app."""
     cfg = {"_target_": "lightning_modules.compression.distillation.distill.KnowledgeDistillation", "teacher": teacher, **kw}
@@ -46,13 +41,14 @@ def make_run(results_dir: Path, name: str, net: torch.nn.Module | None = None, s
            "bits": {"w": 32, "a": 32, "g": 32}, "dataset": "fashion_mnist", "status": status}
     (d / "record.json").write_text(json.dumps(rec))
     if hparams:
-        data = "tests.compression.test_distill.FiveClassData" if num_classes == 5 else \
-            "datamodules.fashion_mnist.FashionMNISTDataModule"
+        data = {"_target_": "datamodules.synthetic.SyntheticDataModule", "channels": 1, "image_size": 28,
+                "num_classes": 5, "batch_size": 2, "num_batches": 1} if num_classes == 5 else \
+            {"_target_": "datamodules.fashion_mnist.FashionMNISTDataModule"}
         cfg = {"model": {"name": model, "net": {"_target_": "lightning_modules.models.MLP",
                                                 "hidden": list(hidden)}},
                "method": method or {"_target_": "lightning_modules.compression.method.FullPrecision",
                                     "name": "fp32"},
-               "data": {"_target_": data}}
+               "data": data}
         (d / "hparams.yaml").write_text(yaml.safe_dump(cfg))
     return d
 
@@ -124,16 +120,6 @@ def test_teacher_by_path_and_run_directory(tmp_path):
     run = make_run(tmp_path, "t")
     for spec in (run, run / "model.pt"):
         assert kd(teacher=str(spec)).teacher is not None
-
-
-def test_teacher_from_lightning_checkpoint(tmp_path):
-    run = make_run(tmp_path, "t", hidden=(8, 8))
-    net = MLP(hidden=(8, 8))
-    net.load_state_dict(container.read(run / "model.pt", "state_dict"))
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "last.ckpt")
-    teacher, _, _ = load_run(str(run / "last.ckpt"), tmp_path)
-    x = torch.randn(2, 1, 28, 28)
-    assert torch.equal(teacher(x), net.eval()(x))
 
 
 def _one_line_error(match: str, **kw):

@@ -1,6 +1,6 @@
 """Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
 
-    method=kd method.teacher=<run name | run directory | model.pt / last.ckpt path>
+    method=kd method.teacher=<run name | run directory | model.pt path>
 
 The student is trained on
 
