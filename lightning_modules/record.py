@@ -215,6 +215,7 @@ class RecordSchema(BaseModel):
     layers: Optional[list] = None
     report: Optional[list] = None
     deploy_layers: Optional[dict] = None
+    resumed_from_step: _Count = None
 
 
 def record_problem(record, need: tuple[str, ...] = ()) -> str | None:
