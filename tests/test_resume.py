@@ -71,12 +71,6 @@ def test_fp32_killed_before_first_checkpoint_mid_epoch_and_in_export(fp32_ref, t
     assert not [n for n in left if n.endswith((".ckpt.sha256", ".tmp", ".partial")) or n.startswith("resume-")], left
 
 
-def test_fp32_resumes_mid_epoch_from_the_exact_batch(fp32_ref, tmp_path):
-    rec = finish([*BASE, "trainer.max_epochs=2"], tmp_path, ["step:5"])
-    assert rec["resumed_from_step"] == 3  # mid-epoch 1: the loader restarts at batch 4 of epoch 0's order
-    same_result(fp32_ref, tmp_path)
-
-
 def test_a_corrupted_checkpoint_is_skipped_with_a_warning_and_the_run_starts_afresh(fp32_ref, tmp_path):
     args = [*BASE, "trainer.max_epochs=2"]
     p = train(args, tmp_path, env={"LWB_KILL_AT": "step:5"})
