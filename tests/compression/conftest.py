@@ -9,7 +9,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 PRESET = {"binaryconnect": "w1a32g32", "binaryconnect_stochastic": "w1a32g32", "bnn": "w1a1g32",
           "bwn": "w1a32g32", "xnor": "w1a1g32", "dorefa": "w1a2g6", "twn": "w2a32g32",
           "ttq": "w2a32g32", "pow2": "w4a4g32", "uniform": "w4a4g32", "lqnet": "w2a2g32",
-          "sspq": "w2a32g32"}
+          "sspq": "w2a32g32", "lsq": "w2a2g32", "lsq_plus": "w2a2g32", "pact": "w2a2g32"}
 
 
 def build_method(name: str, bits: dict | str | None = None, *overrides: str):

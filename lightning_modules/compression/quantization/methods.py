@@ -18,9 +18,12 @@ stays full precision.
 | pow2                        | powers of two (INQ's codebook)   | 2..8      | 1..32    | 32    |
 | uniform                     | k-bit symmetric uniform          | 1..32     | 1..32    | 32    |
 | lqnet                       | Zhang et al. 2018                | 1..8, 32  | 1..8, 32 | 32    |
+| lsq / lsq_plus              | Esser / Bhalgat et al. 2020      | 2..8, 32  | 2..8, 32 | 32    |
+| pact                        | Choi et al. 2018, DoReFa weights | 1..32     | 1..32    | 32    |
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 
 from torch import nn
@@ -30,6 +33,7 @@ from ..select import DEFAULT_QUANT_RULES
 from . import quantizers as Q
 from .base import FULL, QuantMethod, chan_dim
 from .learned import LQQuantizer, TTQQuantizer
+from .lsq import LSQQuantizer, PACTQuantizer
 
 class BinaryConnect(QuantMethod):
     """BinaryConnect (Courbariaux et al. 2015): binary weights (deterministic or stochastic),
@@ -190,3 +194,70 @@ class LQNet(QuantMethod):
     def act_quant(self, layer, bits):
         a = bits["a"]
         return None if a == 32 else LQQuantizer.for_activation(a, self.momentum).to(layer.weight.device)
+
+
+LSQ_WIDTHS = (*range(2, 9), 32)  # LSQ / LSQ+: 2..8 bits (the papers': 2, 3, 4, 8), 32 = float
+
+
+class LSQ(QuantMethod):
+    """LSQ (Esser et al. 2020): weights and activations with learned step sizes, one per layer
+    (`per_channel`: one per output channel for the weights)."""
+
+    VALID = {"w": LSQ_WIDTHS, "a": LSQ_WIDTHS, "g": (32,)}
+    weight_init = "lsq"
+
+    def __init__(self, bits: Mapping, layers=DEFAULT_QUANT_RULES, input_bn: bool = False,
+                 per_channel: bool = False, offset: bool = False, name: str = "lsq"):
+        super().__init__(name, bits, layers, input_bn)
+        for key, value in (("per_channel", per_channel), ("offset", offset)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"method.{key}={value}: must be true or false")
+        self.per_channel, self.offset = per_channel, offset
+
+    def weight_quant(self, layer, bits):
+        w = bits["w"]
+        return None if w == 32 else LSQQuantizer.for_weight(layer.weight, w, self.per_channel, self.weight_init)
+
+    def act_quant(self, layer, bits):
+        a = bits["a"]
+        return None if a == 32 else LSQQuantizer.for_activation(a, self.offset).to(layer.weight.device)
+
+
+class LSQPlus(LSQ):
+    """LSQ+ (Bhalgat et al. 2020): LSQ with a learned activation offset beta (`offset`, default
+    on) and the weights' step initialised from mean and std (mu +- 3 sigma)."""
+
+    weight_init = "lsq_plus"
+
+    def __init__(self, bits: Mapping, layers=DEFAULT_QUANT_RULES, input_bn: bool = False,
+                 per_channel: bool = False, offset: bool = True, name: str = "lsq_plus"):
+        super().__init__(bits, layers, input_bn, per_channel, offset, name)
+
+
+class PACT(DoReFa):
+    """PACT (Choi et al. 2018): activations clipped at a learned alpha per layer (init `alpha`,
+    the paper's 10) and quantized to k bits on [0, alpha]; DoReFa weights. After every optimizer
+    step alpha <- alpha (1 - lr `alpha_decay`): the L2 regularisation of alpha, decoupled from
+    the optimizer (whose own weight_decay, if any, also reaches alpha: one parameter group)."""
+
+    VALID = {"w": FULL, "a": FULL, "g": (32,)}
+
+    def __init__(self, bits: Mapping, layers=DEFAULT_QUANT_RULES, input_bn: bool = False,
+                 alpha: float = 10.0, alpha_decay: float = 5e-4, name: str = "pact"):
+        super().__init__(bits, layers, input_bn, name)
+        for key, value, ok in (("alpha", alpha, "a number > 0"), ("alpha_decay", alpha_decay, "a number >= 0")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not (value > 0 if key == "alpha" else value >= 0):
+                raise ConfigError(f"method.{key}={value}: must be {ok}")
+        self.alpha, self.alpha_decay = float(alpha), float(alpha_decay)
+
+    def act_quant(self, layer, bits):
+        a = bits["a"]
+        return None if a == 32 else PACTQuantizer(a, self.alpha).to(layer.weight.device)
+
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        super().after_step(model, lr)
+        if self.alpha_decay:
+            for m in model.modules():
+                if isinstance(m, PACTQuantizer):
+                    m.decay_(lr * self.alpha_decay)
