@@ -217,3 +217,16 @@ def test_train_py_refuses_bad_lsq_bits_in_one_line(tmp_path):
     assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
     assert lines[0].startswith("error: bits.w=1: not valid for method lsq; valid: 2..8, 32")
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_lsq_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """The activation steps are initialised once, from the first batch: a resumed run takes them
+    (and `initialized`) from the checkpoint instead of re-initialising from the resumed batch."""
+    from tests.test_resume import BASE, finish, same_result
+    args = [*BASE, "method=lsq_plus", "bits=w2a2g32", "trainer.max_epochs=2"]
+    ref, other = tmp_path / "ref", tmp_path / "killed"
+    p = train(args + ["checkpoint.every_n_steps=null"], ref)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert finish(args, other, ["step:5"])["resumed_from_step"] is not None
+    same_result(ref, other)
