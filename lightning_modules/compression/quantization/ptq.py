@@ -154,7 +154,7 @@ def qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> tuple[t
         obs = PerChannelMinMaxObserver(0, dtype=_dtype(qmin), qscheme=_scheme(qmin, True),
                                        quant_min=qmin, quant_max=qmax)
     scale, zp = obs._calculate_qparams(lo.cpu(), hi.cpu())
-    return scale.float(), zp.float()
+    return scale.float().reshape(lo.shape), zp.float().reshape(lo.shape)
 
 
 class Observer:
