@@ -5,6 +5,7 @@ vs numpy, mse the best of a finer grid, entropy clips heavy tails), per-channel 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from lightning_modules.compression.errors import ConfigError
@@ -14,8 +15,10 @@ from lightning_modules.compression.quantization.ptq import (PTQ, FakeQuant, Obse
                                                             init_v, qparams, rectified_sigmoid,
                                                             soft_weight, weight_grid)
 from lightning_modules.compression.quantization.qlayers import QLayer, QLinear
+from lightning_modules.earlier_runs import resolve_references
 from lightning_modules.models import LeNet5
 from tests.compression.conftest import build_method
+from tests.compression.test_distill import make_run
 
 
 def observed(kind, x, grid=act_grid, k=8, chunks=4, **kw):
@@ -273,13 +276,35 @@ def test_bits_outside_the_grids_are_one_line(bits, words):
         PTQ(bits, init_from={})
 
 
-def test_no_fp32_run_to_start_from_and_too_many_batches_are_one_line():
+def test_no_fp32_run_to_start_from_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^method.init_from=None: ptq quantizes a trained net .*fp32 run$"):
         build_method("ptq", {"w": 8, "a": 8, "g": 32}).apply(LeNet5())
     with pytest.raises(ConfigError, match="do not fit model LeNet5"):
         PTQ({"w": 8, "a": 8, "g": 32}, init_from=MLP().state_dict()).apply(LeNet5())
-    m = build_method("ptq", {"w": 8, "a": 8, "g": 32}, "method.calibration_batches=40")
-    m.check_calibration(40)
-    with pytest.raises(ConfigError, match=r"^method.calibration_batches=40: the training split holds 39 "
-                                          r"batches; valid: 1..39$"):
-        m.check_calibration(39)
+
+
+def test_init_from_names_a_finished_fp32_run(tmp_path):
+    """As run.build_method builds it: the run reference becomes the run's float state dict."""
+    torch.manual_seed(0)
+    trained = LeNet5()
+    make_run(tmp_path, "ref", net=trained, model="lenet5", hparams=False)
+    cfg = {"_target_": "lightning_modules.compression.quantization.ptq.PTQ", "bits": {"w": 8, "a": 8, "g": 32},
+           "init_from": "ref"}
+    method = instantiate(resolve_references(cfg, tmp_path, "s", (1, 28, 10)), _convert_="all")
+    net = method.apply(LeNet5())
+    assert torch.equal(net.features[2].weight, trained.features[2].weight)
+    with pytest.raises(ConfigError, match="method.init_from=nothing: no such file"):
+        resolve_references({**cfg, "init_from": "nothing"}, tmp_path, "s", (1, 28, 10))
+
+
+def test_run_refuses_more_calibration_batches_than_the_split_holds():
+    from omegaconf import OmegaConf
+    from lightning_modules.run import check_calibration
+
+    class Data:
+        def train_dataloader(self):
+            return [None] * 39
+    cfg = OmegaConf.create({"method": {"calibration_batches": 40}, "data": {"batch_size": 128}})
+    with pytest.raises(ConfigError, match=r"^method.calibration_batches=40: must be an integer in 1..39"):
+        check_calibration(cfg, Data())
+    check_calibration(OmegaConf.create({"method": {"calibration_batches": 39}, "data": {"batch_size": 128}}), Data())

@@ -5,8 +5,8 @@
 The trained float weights (`init_from`, a run reference the harness resolves to a state dict,
 lightning_modules/earlier_runs.py) are loaded, the selected Conv2d/Linear layers (select.py rules,
 QuantMethod) become QConv2d/QLinear with two `FakeQuant` quantizers, and `calibrate(model,
-batches)` sets their scales and zero points from N training-split batches (the harness draws
-them, `calibration_batches`, `calibration_seed`) instead of fitting:
+batches)` sets their scales and zero points from N training-split batches instead of fitting
+(run.py draws them with `calibration_seed` and refuses N outside 1..the split's full batches):
 
 - activations (each quantized layer's input): unsigned affine k_a-bit, q = clamp(round(x / s) +
   z, 0, 2^k_a - 1), x_q = (q - z) s, the range [lo, hi] (lo <= 0 <= hi) from the `observer` over
@@ -398,13 +398,6 @@ class PTQ(QuantMethod):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
             raise ConfigError(f"method.adaround.warmup={w}: must be a number in [0, 1)")
         return out
-
-    def check_calibration(self, available: int) -> None:
-        """ConfigError when the training split holds fewer than `calibration_batches` batches
-        (the harness calls it where the data is known, before anything is written)."""
-        if self.calibration_batches > available:
-            raise ConfigError(f"method.calibration_batches={self.calibration_batches}: the training "
-                              f"split holds {available} batches; valid: 1..{available}")
 
     # roles: quantizers with placeholder qparams, set by `calibrate` (or loaded from the file)
     def weight_quant(self, layer, bits):
