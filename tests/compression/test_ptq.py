@@ -308,3 +308,43 @@ def test_run_refuses_more_calibration_batches_than_the_split_holds():
     with pytest.raises(ConfigError, match=r"^method.calibration_batches=40: must be an integer in 1..39"):
         check_calibration(cfg, Data())
     check_calibration(OmegaConf.create({"method": {"calibration_batches": 39}, "data": {"batch_size": 128}}), Data())
+
+
+# --- through the harness -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_py_quantizes_a_finished_fp32_run_without_training(tmp_path, fmnist):
+    """fp32 LeNet-5 (1 epoch on 2048 images) -> ptq W8A8: no optimizer step, the calibration keys in
+    the record, the test accuracy within a point of FP32's, the file reloads to it, deploy agrees;
+    then the bad inputs: one line, exit 2, nothing written."""
+    import json
+    from tests.conftest import only_record, train
+    common = ["model=lenet5", "trainer.max_epochs=1", "data.train_subset=2048", "data.test_subset=1000",
+              "data.val_size=500", "trainer.limit_val_batches=1", "measure.warmup_steps=2"]
+    p = train([*common, "method=fp32", "deploy=none"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ref = only_record(tmp_path)
+    ref_dir = next(tmp_path.rglob("record.json")).parent
+    p = train([*common, "method=ptq", "bits=w4a4g32", "bits.w=8", "bits.a=8", f"method.init_from={ref['run_name']}",
+               "method.calibration_batches=4"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = {r["method"]: r for r in (json.loads(f.read_text()) for f in tmp_path.rglob("record.json"))}
+    rec = recs["ptq"]
+    assert rec["status"] == "ok" and rec["calibration_batches"] == 4 and rec["calibration_seed"] == 0
+    assert abs(rec["top1"] - ref["top1"]) <= 0.01 and rec["footprint_bytes"] < ref["footprint_bytes"]
+    print(f"fp32 top1 {ref['top1']:.4f}, ptq W8A8 top1 {rec['top1']:.4f}, files {ref.get('footprint_bytes')} -> "
+          f"{rec.get('footprint_bytes')} B, deploy {rec.get('deploy_backend')} agreement {rec.get('deploy_agreement')}")
+    net = build_method("ptq", {"w": 8, "a": 8, "g": 32}).load(LeNet5(), rec["model_file"]).eval()
+    with torch.no_grad():
+        pred = net(fmnist.x_test[:1000]).argmax(1)
+    assert (pred == fmnist.y_test[:1000]).float().mean().item() == pytest.approx(rec["top1"], abs=1e-6)
+    assert rec.get("deploy_agreement", 1.0) >= 0.99
+    for bad, words in ((["method.init_from=null"], "method.init_from=None"),
+                       (["method.init_from=no-such-run"], "method.init_from=no-such-run: no such file"),
+                       ([f"method.init_from={ref_dir}", "method.calibration_batches=100000"],
+                        "method.calibration_batches=100000: must be an integer in 1.."),
+                       ([f"method.init_from={ref_dir}", "method.layers=[{name: conv9}]"],
+                        "method.layers[0].name=conv9: matches no")):
+        p = train([*common, "method=ptq", "bits=w4a4g32", "bits.w=8", "bits.a=8", *bad], tmp_path / "bad")
+        assert p.returncode == 2 and words in p.stderr, p.stderr[-2000:]
+        assert not (tmp_path / "bad" / "runs").exists()  # nothing written
