@@ -62,7 +62,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -81,7 +80,7 @@ from ..swap import swap_modules
 from .base import FULL, QuantMethod, map_channels
 from .pack import load_packed
 from .qlayers import QConv2d, QLayer
-from .quantizers import ste
+from .quantizers import float32_math, ste
 
 log = logging.getLogger("harness")
 
@@ -120,6 +119,7 @@ class FakeQuant(nn.Module):
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
 
+    @float32_math  # in float32 under autocast too, as every quantizer (quantizers.py)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ste(x, (self.codes(x) - self.zero_point) * self.scale)
 
