@@ -348,3 +348,20 @@ def test_train_py_quantizes_a_finished_fp32_run_without_training(tmp_path, fmnis
         p = train([*common, "method=ptq", "bits=w4a4g32", "bits.w=8", "bits.a=8", *bad], tmp_path / "bad")
         assert p.returncode == 2 and words in p.stderr, p.stderr[-2000:]
         assert not (tmp_path / "bad" / "runs").exists()  # nothing written
+
+
+def test_per_channel_8bit_file_stores_row_scales_not_a_codebook_per_row(tmp_path):
+    """Per-channel 8-bit rows are s_c q: the packed file keeps one table of q's and C scales (a
+    codebook per row would cost up to 255 floats a row, more than the row's 8-bit codes)."""
+    from lightning_modules.compression.quantization.pack import decode, encode, row_scales
+    torch.manual_seed(0)
+    net, x = LeNet5(), torch.randn(64, 1, 28, 28)
+    method = PTQ({"w": 8, "a": 8, "g": 32}, per_channel=True, init_from=net.state_dict())
+    model = method.calibrate(method.apply(LeNet5()), [(x, None)]).eval()
+    sizes = payload(method.export(model, tmp_path / "model.pt"))
+    assert sizes["codebooks"] < 0.02 * sizes["codes"]
+    layer = model.classifier[1]
+    wq = layer.quantized_weight().detach()
+    packed, stored, meta = encode(wq, layer.weight_quant.scale)
+    assert meta["scaled"] and meta["bits"] == 8 and torch.equal(decode(packed, stored, meta), wq)
+    assert row_scales(torch.randn(4, 9)) is None  # not multiples of a row scale: the codebooks as before

@@ -5,7 +5,11 @@ uses, W_q = weight_quant(W) in eval mode, is factored into codes and a codebook:
 
 - per-row (per output channel) codebook: row c takes L_c distinct values; codes are the value's
   rank in its row, at b = ceil(log2 max_c L_c) bits (XNOR/BWN: b = 1, a codebook {-a_c, +a_c});
-- or one codebook for the tensor (DoReFa, TWN, TTQ, pow2), whichever file is smaller;
+- or one codebook for the tensor (DoReFa, TWN, TTQ, pow2);
+- or integer multiples of a per-row scale (PTQ's per-channel grids): row c is s_c q with q
+  integers and s_c the quantizer's `scale` (else the row's smallest non-zero |value|), stored as one table of the q's plus the C scales
+  (kept only when s_c q rebuilds the row exactly), instead of C codebooks of up to 2^b values;
+  whichever file is smallest;
 - a codebook symmetric about 0 ({-a, ..., a}, e.g. alpha * {-1, +1}) stores its positive half;
 - raw float32 when no code is smaller (a layer that is not quantized at eval time, e.g.
   stochastic BinaryConnect's real-valued test-time weights).
@@ -71,22 +75,45 @@ def _halve(table: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return table, False
 
 
-def encode(w: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, dict]:
-    """W_q -> (packed codes, codebook, meta), choosing per-row or per-tensor codebooks."""
+def row_scales(w2d: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor | None:
+    """s (C,) with w2d == s[:, None] * round(w2d / s[:, None]) exactly, or None: per row, the
+    quantizer's own scale (`hint`, its `scale` buffer) where it rebuilds the row, else the row's
+    smallest non-zero |value|."""
+    a = w2d.abs()
+    s = torch.where(a > 0, a, torch.inf).amin(dim=1)
+    s = torch.where(torch.isfinite(s), s, torch.ones_like(s))
+    if hint is not None and hint.numel() in (1, len(s)):
+        h = hint.detach().float().cpu().reshape(-1).expand(len(s))
+        fits = (h[:, None] * torch.round(w2d / h[:, None]) == w2d).all(dim=1) & (h > 0)
+        s = torch.where(fits, h, s)
+    ok = torch.equal(s[:, None] * torch.round(w2d / s[:, None]), w2d)
+    return s if ok else None
+
+
+def encode(w: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor, dict]:
+    """W_q -> (packed codes, codebook, meta), choosing per-row or per-tensor codebooks, or a
+    per-tensor table of integers times per-row scales."""
     w2d = w.detach().float().cpu().reshape(w.shape[0], -1)
     codes_r, table_r = factor_rows(w2d)
     table_t, codes_t = torch.unique(w2d, sorted=True, return_inverse=True)
-    table_t = table_t[None]
-    options = []
-    for codes, table in ((codes_r, table_r), (codes_t, table_t)):
+    options = [(codes_r, table_r, None), (codes_t, table_t[None], None)]
+    if (s := row_scales(w2d, scale)) is not None:
+        table_q, codes_q = torch.unique(torch.round(w2d / s[:, None]), sorted=True, return_inverse=True)
+        options.append((codes_q, table_q[None], s))
+    costs = []
+    for codes, table, scales in options:
         stored, sym = _halve(table)
         bits = _bits(table.shape[1])
-        options.append((w2d.numel() * bits + 32 * stored.numel(), codes, table, stored, sym, bits))
-    cost, codes, table, stored, sym, bits = min(options, key=lambda o: o[0])
+        extra = 0 if scales is None else 32 * scales.numel()
+        costs.append((w2d.numel() * bits + 32 * stored.numel() + extra, codes, table, stored, sym, bits, scales))
+    cost, codes, table, stored, sym, bits, scales = min(costs, key=lambda o: o[0])
     if cost >= 32 * w2d.numel():  # not quantized at eval (stochastic BC's real weights): raw float32
         return np.zeros(0, np.uint8), w2d.reshape(-1), {"shape": list(w.shape), "raw": True}
     meta = {"shape": list(w.shape), "bits": bits, "rows": table.shape[0],
             "levels": table.shape[1], "symmetric": sym}
+    if scales is not None:  # the table, then the row scales
+        meta["scaled"] = True
+        stored = torch.cat([stored.reshape(-1), scales])
     return pack_bits(codes.numpy(), bits), stored.reshape(-1), meta
 
 
@@ -94,11 +121,16 @@ def decode(packed: np.ndarray, stored: torch.Tensor, meta: dict) -> torch.Tensor
     if meta.get("raw"):
         return stored.reshape(meta["shape"]).clone()
     rows, shape = meta["rows"], meta["shape"]
+    scales = None
+    if meta.get("scaled"):
+        stored, scales = stored[:-shape[0]], stored[-shape[0]:]
     table = stored.reshape(rows, -1)
     if meta["symmetric"]:
         table = torch.cat([-table.flip(1), table], dim=1)
     n = math.prod(shape)
     codes = torch.from_numpy(unpack_bits(packed, meta["bits"], n)).reshape(shape[0], -1)
+    if scales is not None:
+        return (scales[:, None] * table[0][codes]).reshape(shape)
     if rows == 1:
         return table[0][codes].reshape(shape)
     return table.gather(1, codes).reshape(shape)
@@ -121,7 +153,8 @@ def export_packed(model: nn.Module, path: str | Path) -> Path:
         model.train(was)
     codes, floats, layers, tensors, other, pos_c, pos_f = [], [], [], [], {}, 0, 0
     for name, w in qweights.items():
-        packed, stored, meta = encode(w)
+        scale = getattr(model.get_submodule(name).weight_quant, "scale", None)
+        packed, stored, meta = encode(w, scale if isinstance(scale, torch.Tensor) else None)
         meta.update(name=name, codes=[pos_c, packed.size], table=[pos_f, stored.numel()])
         codes.append(packed)
         floats.append(stored)
