@@ -114,7 +114,9 @@ def run(cfg: DictConfig) -> dict:
         else:
             log.info("calibrate %s batches (seed %s), no training", cfg.method.calibration_batches,
                      cfg.method.calibration_seed)
-            module.net = module.method.calibrate(module.net, calibration_batches(cfg, dm))
+            device = trainer.strategy.root_device  # calibrate where the run would have trained
+            batches = [tuple(t.to(device) for t in b) for b in calibration_batches(cfg, dm)]
+            module.net = module.method.calibrate(module.net.to(device), batches)
             recorder.record.update({k: int(cfg.method[k]) for k in ("calibration_batches", "calibration_seed")})
         # the trained structure made physical (filter pruning drops masked channels) on every rank;
         # timed into the record's compression_s, outside the throughput clocks
