@@ -182,6 +182,17 @@ def cifar_like(ctx: Ctx, steps: int) -> list[str]:
             "data.eval_batches=2", "trainer.limit_val_batches=1", f"measure.warmup_steps={min(5, steps // 2)}"]
 
 
+def runs(values: list[float]) -> str:
+    """`65536 32768x3 16384x5`: a sequence with its repeats counted."""
+    out: list[list] = []
+    for v in values:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return " ".join(f"{v:g}" + (f"x{n}" if n > 1 else "") for v, n in out)
+
+
 def rate(record: dict) -> str:
     s = record.get("train_samples_s")
     return "n/a samples/s" if s is None else f"{s:,.0f} samples/s" + ("" if record.get("train_steady") else " (incl. warm-up)")
@@ -200,7 +211,7 @@ def amp_fp16_scaler(ctx: Ctx) -> tuple[bool, str]:
           and rec["probe_skipped"] is True and obeys and growths >= 1 and rec["loss_scale"] == s[-1])
     return ok, (f"compute {rec['compute_dtype']}; scale {s[k]:g} -> {s[k + 1]:g} at the forced inf gradient "
                 f"(step skipped: {rec['probe_skipped']}), {growths} growth(s) after {g} clean steps, "
-                f"GradScaler's rule {'kept' if obeys else 'BROKEN'}: {' '.join(f'{x:g}' for x in s)}; {rate(rec)}")
+                f"GradScaler's rule {'kept' if obeys else 'BROKEN'}: {runs(s)}; {rate(rec)}")
 
 
 def bf16(ctx: Ctx) -> tuple[bool, str]:
@@ -316,7 +327,10 @@ def compile_resnet20(ctx: Ctx) -> tuple[bool, str]:
     eager = harness_run(ctx, "eager", [*cifar_like(ctx, steps), *probe()])
     comp = harness_run(ctx, "compiled", [*cifar_like(ctx, steps), *probe(compile_backend=backend)])
     le, lc = eager["probe_losses"], comp["probe_losses"]
-    close = len(le) == len(lc) == steps and abs(le[0] - lc[0]) <= 1e-3 * abs(le[0]) and abs(le[-1] - lc[-1]) <= 5e-2 * abs(le[-1])
+    # the same first loss (same weights, same batch); the last within 2% of the first loss (the
+    # compiled kernels round differently, and the net memorises the 4-batch pool towards loss 0)
+    close = (len(le) == len(lc) == steps and abs(le[0] - lc[0]) <= 1e-3 * le[0]
+             and abs(le[-1] - lc[-1]) <= 2e-2 * le[0])
     ok = eager["status"] == comp["status"] == "ok" and close
     x = (comp["train_samples_s"] or math.nan) / (eager["train_samples_s"] or math.nan)
     return ok, (f"ResNet-20 {steps} steps, torch.compile backend {backend}: losses {le[0]:.4f} -> {le[-1]:.4f} eager, "
@@ -352,7 +366,7 @@ def outcome(name: str, returncode: int | None, output: str, seconds: float, time
         if line.startswith(MARK):
             return {**json.loads(line[len(MARK):]), "seconds": round(seconds, 1)}
     if timeout is not None:
-        why = f"timed out after {timeout:.0f} s"
+        why = f"timed out after {round(timeout, 1):g} s"
     else:
         last = [ln for ln in output.strip().splitlines() if ln.strip()] or ["(no output)"]
         why = f"crashed (exit status {returncode}): {last[-1].strip()}"
@@ -369,7 +383,10 @@ def run_check(name: str, args, work: Path, timeout: float) -> tuple[dict, str]:
                          env=env, start_new_session=True)
     try:
         out, _ = p.communicate(timeout=timeout)
-        return outcome(name, p.returncode, out, time.perf_counter() - t), out
+        result = outcome(name, p.returncode, out, time.perf_counter() - t)
+        if p.returncode != 0 and MARK in out:  # e.g. a crash at exit, after the check reported
+            result["figures"] += f" (its process then exited with status {p.returncode})"
+        return result, out
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, _ = p.communicate()
@@ -399,10 +416,11 @@ def write(results: list[dict], info: dict, args, out_dir: Path) -> Path:
     import pandas as pd
     stem = "gpu_check_cpu" if args.cpu else "gpu_check"
     out_dir.mkdir(parents=True, exist_ok=True)
-    mode = "dry run on the CPU (`--cpu`" + (", `--quick`)" if args.quick else ")") if args.cpu else "GPU"
+    mode = "a dry run on the CPU" if args.cpu else "on the GPU"
     head = [f"# {stem}", "",
-            f"`python -m benchmarks.gpu_check{' --cpu' if args.cpu else ''}{' --quick' if args.quick else ''}`: "
-            f"every GPU path of the harness once ({mode}), {info['finished_at']}, git {info['git_sha']}.  ",
+            f"`python -m benchmarks.gpu_check{' --cpu' if args.cpu else ''}{' --quick' if args.quick else ''}"
+            f"{f' --only {args.only}' if args.only else ''}`: "
+            f"every GPU path of the harness once, {mode}, {info['finished_at']}, git {info['git_sha']}.  ",
             f"Hardware: {info['hardware_line']}; torch {info['torch']} (CUDA {info['cuda']}, cuDNN {info['cudnn']}, "
             f"cuDNN TF32 {'on' if info['cudnn_tf32'] else 'off'}, matmul TF32 {'on' if info['matmul_tf32'] else 'off'}), "
             f"onnxruntime {info['onnxruntime']}, DALI {info['nvidia.dali']}; load average {info['load_before']:.2f} "

@@ -55,6 +55,12 @@ def test_a_crashed_or_timed_out_check_is_a_fail(monkeypatch, tmp_path):
     assert gpu_check.outcome("bf16", 0, f"log\n{done}\n", 1.0)["status"] == "PASS"
 
 
+def test_a_check_past_its_timeout_is_ended_and_fails(tmp_path):
+    args = gpu_check.parse(["--cpu", "--quick"])
+    r, _ = gpu_check.run_check("bf16", args, tmp_path, timeout=0.5)  # not even torch imports in 0.5 s
+    assert r["status"] == "FAIL" and r["figures"] == "timed out after 0.5 s" and r["seconds"] < 30
+
+
 @pytest.mark.parametrize("status, rc", [("PASS", 0), ("SKIP", 0), ("FAIL", 1)])
 def test_exit_status_and_table_follow_the_checks(monkeypatch, tmp_path, capsys, status, rc):
     seen = []
