@@ -33,6 +33,7 @@ writes results/tables/gpu_check.{md,json}.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -157,7 +158,8 @@ def harness_run(ctx: Ctx, name: str, overrides: list[str]) -> dict:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=normalize_overrides(overrides))
     record = run(cfg)
-    if ctx.accelerator == "gpu":
+    if ctx.accelerator == "gpu":  # the next run of this process starts with the memory free
+        gc.collect()
         torch.cuda.empty_cache()
     return record
 
