@@ -9,7 +9,7 @@ DATA_DIR ?=
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
 
-.PHONY: help install kernels deploy-speed data browser test test-fast bench tables report wandb-sync overhead clean
+.PHONY: help install kernels deploy-speed data browser test test-fast gpu-check bench tables report wandb-sync overhead clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -46,6 +46,10 @@ test: install browser  ## run the test suite (CPU, a few minutes)
 
 test-fast: install  ## the tests without the `slow` (processes, browser, Trainer fits) and `gpu` ones
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+gpu-check: install  ## on a GPU machine: every GPU path once (< 10 min, results/tables/gpu_check.md), then the `gpu` tests
+	$(PY) -m benchmarks.gpu_check --results-dir $(RESULTS); rc=$$?; \
+	$(PY) -m pytest -q -m gpu; exit $$(( rc || $$? ))
 
 bench: install  ## run suite SUITE (default: documents, the documents' table, ~6 min on 2 cores), write results/tables/SUITE.{md,csv,html}, rebuild the report; DATA_DIR sets data.root
 	$(PY) -m benchmarks.suite $(SUITE) --results-dir $(RESULTS) $(if $(DATA_DIR),data.root=$(abspath $(DATA_DIR))); rc=$$?; \
