@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.compression.errors import ConfigError
-from lightning_modules.compression.select import candidates, plan
+from lightning_modules.compression.select import candidates, parse, plan
 from lightning_modules.earlier_runs import data_shape
 
 LAYER = "@layer"
@@ -59,7 +59,7 @@ def check_rules(cfg: DictConfig) -> None:
     outside 1..32: ConfigError of one line (select.plan), before any run starts."""
     rules = cfg.method.get("layers")
     if rules is not None:
-        plan(build_net(cfg), OmegaConf.to_container(rules, resolve=True))
+        plan(build_net(cfg), parse(OmegaConf.to_container(rules, resolve=True)))
 
 
 def expand_layers(overrides: list[str], compose: Callable[[list[str]], DictConfig]) -> list[list[str]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import published
+from benchmarks.plots import legend_name
 from benchmarks.seeds import aggregate, cell, stats
 from lightning_modules.record import hardware_line
 
@@ -113,9 +114,30 @@ def frame(records: list[dict]) -> pd.DataFrame:
         row["hardware"] = hardware_line(r["hardware"]) if r.get("hardware") else None
         if r.get("deploy_backend"):
             row["deploy_kind"] = deploy_kind(r)
+        row.update(layer_columns(r))
         rows.append(row)
     df = pd.DataFrame(rows)
     return fp32_ratios(df) if not df.empty else df
+
+
+def layer_columns(rec: dict) -> dict:
+    """From the record's per-layer rows (cost.py `layers[]`): the layers computing below 32 bits
+    (W or A) by name, their params and MACs, and every layer's `W/A` bits in forward order
+    (mixed precision); {} for records without the rows."""
+    rows = rec.get("layers")
+    if not rows or not all(isinstance(r, dict) and "bits" in r for r in rows):
+        return {}
+    q = [r for r in rows if r["bits"]["w"] < 32 or r["bits"]["a"] < 32]
+    return {"quantized_layers": " ".join(r["name"] for r in q),
+            "quantized_params": sum(r["params"] for r in q), "quantized_macs": sum(r["macs"] for r in q),
+            "layer_bits": " ".join(f"{r['bits']['w']}/{r['bits']['a']}" for r in rows)}
+
+
+def mixed(layer_bits) -> bool:
+    """Whether a `layer_bits` cell gives the quantized layers (below 32 bits) different bits."""
+    if not isinstance(layer_bits, str):
+        return False
+    return len({b for b in layer_bits.split() if b != "32/32"}) > 1
 
 
 def deploy_kind(rec: dict) -> str:
@@ -355,9 +377,43 @@ def pivot_tables(df: pd.DataFrame, rows: str = "bits_w", cols: str = "bits_a",
     return out
 
 
+def fp32_val(df: pd.DataFrame) -> dict:
+    """Per model, the validation P@1 of its (first) finished FP32 row."""
+    fp = df[(df.method == "fp32") & (df.status == "ok")] if "val_top1_last" in df else df.iloc[:0]
+    return {m: v for m, v in zip(fp.model[::-1], fp.val_top1_last[::-1]) if not pd.isna(v)}
+
+
+def display_sensitivity(df: pd.DataFrame) -> pd.DataFrame:
+    """The sensitivity table (benchmarks/sensitivity.py): per run the layer it quantized (alone),
+    its bits, validation P@1 and the drop from the same model's FP32 run (points), test P@1, and
+    the layer's params and MACs."""
+    col = lambda k: df.get(k, pd.Series(None, index=df.index, dtype=object))  # noqa: E731
+    ref = fp32_val(df)
+    drop = [ref.get(m) - v if m in ref and not pd.isna(v) and s == "ok" else None
+            for m, v, s in zip(df.model, col("val_top1_last"), df.status)]
+    layers = ["- (FP32)" if not isinstance(q, str) or not q else q for q in col("quantized_layers")]
+    return pd.DataFrame({
+        "Layer": layers, "model": df.model,
+        "Method": [legend_name(lab, m) for lab, m in zip(col("method_label"), df.method)],
+        "Bits (W/A)": ["-" if m == "fp32" else f"{w}/{a}" for m, w, a in zip(df.method, df.bits_w, df.bits_a)],
+        "Val P@1": val_cells(df),
+        "Δ Val P@1 vs FP32": ["-" if d is None else f"{0.0 - 100 * d:+.2f} pts" for d in drop],
+        "Precision@1": pct_cells(df, "top1"),
+        "Layer params": [_count(n) for n in col("quantized_params")],
+        "Layer MACs": [_count(n) for n in col("quantized_macs")],
+    })
+
+
+def display_mixed(df: pd.DataFrame) -> pd.DataFrame:
+    """The quant table plus each run's W/A bits per layer, forward order (mixed precision)."""
+    bits = df.get("layer_bits", pd.Series(None, index=df.index, dtype=object))
+    return display(df).assign(**{"W/A per layer": [b if isinstance(b, str) else "-" for b in bits]})
+
+
 # a suite's `table:` -> (its run table, its published rows)
 TABLE_TYPES = {"quant": (display, reference), "compression": (display_compression, reference_compression),
-               "compact": (display_compact, reference)}
+               "compact": (display_compact, reference), "sensitivity": (display_sensitivity, reference),
+               "mixed": (display_mixed, reference)}
 
 
 @dataclass
