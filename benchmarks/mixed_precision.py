@@ -92,8 +92,9 @@ def allocate(drops: Mapping[tuple[str, int], float], costs: Mapping[str, Mapping
                 best = (score, n, lower[0], saved)
         if best is None:
             raise ConfigError(f"@alloc({budget}): no allocation over bits {cands} meets it: "
-                              f"{limit:,.0f} {kind} asked, {total:,.0f} at the fewest bits measured; "
-                              f"valid: a budget >= {total / full:.4f} (of {full:,.0f} {kind} at {top} bits)")
+                              f"{math.floor(limit):,} {kind} asked, {total:,} at the fewest bits measured; "
+                              f"valid: a budget >= {math.ceil(total / full * 1e4) / 1e4:g} (of {full:,} "
+                              f"{kind} at {top} bits) or >= {total}")
         _, n, b, saved = best
         bits[n], total = b, total - saved
     return bits

@@ -71,7 +71,7 @@ def layers_of(bits: dict) -> list[dict]:
 
 
 def record(method: str, val: float, bits: dict, w: int = 32, seed: int = 0, **kw) -> dict:
-    name = "-".join(["lenet5", method, *bits]) + f"-s{seed}"
+    name = "-".join(["lenet5", method, *(f"{n}:{b}" for n, b in bits.items())]) + f"-s{seed}"
     return {"suite": "sensitivity", "run_name": name, "config_hash": name, "model": "lenet5", "method": method,
             "bits": {"w": w, "a": w, "g": 32}, "precision": "32", "dataset": "fashion_mnist", "status": "ok",
             "seed": seed, "top1": val - 0.01, "top5": 0.99, "val_top1_last": val, "train_it_s": 10.0,
