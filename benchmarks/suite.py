@@ -91,7 +91,7 @@ def _plan(name: str, results_dir: str, extra: list[str]) -> tuple[dict, list[dic
         suite = compose("config", overrides=[f"suite={name}", *own]).suite
         seeds = suite_seeds(name, suite.get("seeds"))
         runs, seen = [], set()
-        entries = with_seeds([r for spec in suite.runs for r in expand(list(spec))], seeds, extra)
+        entries = with_seeds([r for spec in suite.runs for r in expand(spliced(spec))], seeds, extra)
         for overrides in (ovs for run in entries for ovs in generated(normalize_overrides(
                 [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"]))):
             check_overrides(overrides)
@@ -103,6 +103,12 @@ def _plan(name: str, results_dir: str, extra: list[str]) -> tuple[dict, list[dic
             runs.append({"overrides": overrides, "config_hash": config_hash(cfg), "cfg": cfg,
                          "record": Path(cfg.run_dir) / "record.json", "run_name": cfg.run_name})
     return OmegaConf.to_container(suite, resolve=True), runs
+
+
+def spliced(spec) -> list[str]:
+    """A run entry's overrides, an item that is a list (a suite key interpolated into the entry,
+    `"${suite.method_args}"`) spliced in: suite keys can add overrides to some runs only."""
+    return [o for item in spec for o in (list(item) if isinstance(item, ListConfig) else [item])]
 
 
 def generated(overrides: list[str]) -> list[list[str]]:

@@ -49,8 +49,11 @@ def test_the_suite_plans_fp32_and_each_layer_at_two_and_four_bits(tmp_path):
     assert len(names) == len(set(names)) == 1 + 2 * 4
     assert names[0] == "lenet5-fp32-W32A32G32-32-s0"
     assert "lenet5-dorefa-W4A4G32-32-classifier.3-s0" in names
-    _, runs = suite_runner.plan("sensitivity", str(tmp_path), ["suite.method=uniform"])  # another method
-    assert {r["cfg"].method.name for r in runs[1:]} == {"uniform"} and runs[0]["cfg"].method.name == "fp32"
+    # another method, with more overrides of its runs only (ptq: its init_from)
+    _, runs = suite_runner.plan("sensitivity", str(tmp_path), ["suite.method=uniform",
+                                                                "suite.method_args=['method.label=U']"])
+    assert {(r["cfg"].method.name, r["cfg"].method.label) for r in runs[1:]} == {("uniform", "U")}
+    assert runs[0]["cfg"].method.name == "fp32" and "label" not in runs[0]["cfg"].method
 
 
 @pytest.mark.parametrize("rule,msg", [
