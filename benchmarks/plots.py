@@ -106,12 +106,12 @@ def sensitivity_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_sensitivity(name: str, df: pd.DataFrame, path: Path) -> Path | None:
     """Validation P@1 drop from FP32 (points) per layer quantized alone, one bar per method and
-    bits, layers in the order the runs list them; None for suites that are not a sensitivity sweep."""
+    bits, layers in forward order; None for suites that are not a sensitivity sweep."""
     one = sensitivity_frame(df)
     if one.empty:
         return None
     plt = _plt()
-    layers = list(dict.fromkeys(one.quantized_layers))
+    layers = list(dict.fromkeys(one.sort_values("quantized_at", kind="stable").quantized_layers))  # forward order
     series = list(dict.fromkeys(zip(one.method, one.bits_w, one.bits_a)))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(layers) * len(series) + 2), 4.2), dpi=110)

@@ -122,13 +122,14 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 def layer_columns(rec: dict) -> dict:
     """From the record's per-layer rows (cost.py `layers[]`): the layers computing below 32 bits
-    (W or A) by name, their params and MACs, and every layer's `W/A` bits in forward order
+    (W or A) by name, the forward position of the first, their params and MACs, and every layer's `W/A` bits in forward order
     (mixed precision); {} for records without the rows."""
     rows = rec.get("layers")
     if not rows or not all(isinstance(r, dict) and "bits" in r for r in rows):
         return {}
     q = [r for r in rows if r["bits"]["w"] < 32 or r["bits"]["a"] < 32]
     return {"quantized_layers": " ".join(r["name"] for r in q),
+            "quantized_at": next((i for i, r in enumerate(rows) if r in q), None),  # forward position
             "quantized_params": sum(r["params"] for r in q), "quantized_macs": sum(r["macs"] for r in q),
             "layer_bits": " ".join(f"{r['bits']['w']}/{r['bits']['a']}" for r in rows)}
 

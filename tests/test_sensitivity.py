@@ -107,6 +107,7 @@ def test_table_and_bar_plot_from_records(tmp_path):
     fp = {r["name"]: r for r in layers_of({})}
     assert main.loc["classifier.1", "Layer params"] == tables._count(fp["classifier.1"]["params"])
     assert main.loc["features.2", "Layer MACs"] == tables._count(fp["features.2"]["macs"])
+    assert t.frame.quantized_at.tolist()[1:] == [0, 1, 2, 3]  # the bars' order: forward
     png = plots.suite_plots("sensitivity", t.frame, tmp_path, which=("sensitivity",))
     assert list(png.values()) == [tmp_path / "sensitivity_sensitivity.png"] and png["Validation P@1 drop per layer"].stat().st_size > 0
     paths = render.write("sensitivity", suite, RECORDS, tmp_path)
