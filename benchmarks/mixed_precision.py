@@ -152,7 +152,8 @@ def expand_alloc(overrides: list[str], compose: Callable[[list[str]], DictConfig
     if not found:
         return overrides
     if len(found) > 1:
-        raise ConfigError(f"@alloc: {len(found)} tokens in one run ({' '.join(o for i, o in enumerate(overrides) if any(i == j for j, _ in found))}); valid: one")
+        tokens = ", ".join(m.group(0) for _, m in found)
+        raise ConfigError(f"@alloc: {len(found)} tokens in one run ({tokens}); valid: one per run")
     i, m = found[0]
     cfg = compose(overrides[:i] + overrides[i + 1:])
     alloc = from_suite(cfg, m.group(1))

@@ -114,16 +114,22 @@ def frame(records: list[dict]) -> pd.DataFrame:
         row["hardware"] = hardware_line(r["hardware"]) if r.get("hardware") else None
         if r.get("deploy_backend"):
             row["deploy_kind"] = deploy_kind(r)
-        row.update(layer_columns(r))
         rows.append(row)
     df = pd.DataFrame(rows)
     return fp32_ratios(df) if not df.empty else df
 
 
+def with_layer_columns(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """`frame(records)` with `layer_columns` of each record (the per-layer suites' tables and
+    plots: `table: sensitivity` and `table: mixed`)."""
+    extra = pd.DataFrame([layer_columns(r) for r in records], index=df.index)
+    return pd.concat([df, extra], axis=1) if not extra.empty else df
+
+
 def layer_columns(rec: dict) -> dict:
     """From the record's per-layer rows (cost.py `layers[]`): the layers computing below 32 bits
-    (W or A) by name, the forward position of the first, their params and MACs, and every layer's `W/A` bits in forward order
-    (mixed precision); {} for records without the rows."""
+    (W or A) by name, the forward position of the first, their params and MACs, and every
+    layer's `W/A` bits in forward order (mixed precision); {} for records without the rows."""
     rows = rec.get("layers")
     if not rows or not all(isinstance(r, dict) and "bits" in r for r in rows):
         return {}
@@ -415,6 +421,7 @@ def display_mixed(df: pd.DataFrame) -> pd.DataFrame:
 TABLE_TYPES = {"quant": (display, reference), "compression": (display_compression, reference_compression),
                "compact": (display_compact, reference), "sensitivity": (display_sensitivity, reference),
                "mixed": (display_mixed, reference)}
+LAYER_TABLES = ("sensitivity", "mixed")  # tables whose frame has the records' layer_columns
 
 
 @dataclass
@@ -453,6 +460,8 @@ def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
     df = frame(records)
     if df.empty:
         raise ValueError(f"suite {name}: no records to tabulate")
+    if kind in LAYER_TABLES:  # per-layer suites: which layers ran at which bits
+        df = with_layer_columns(df, records)
     df = published.annotate(df, suite.get("reference"))  # paper_* columns: exact / closest published, Δ
     shown, read_reference = TABLE_TYPES[kind]
     pivot, ref_table = suite.get("pivot") or {}, suite.get("reference")

@@ -72,7 +72,8 @@ def test_a_layer_goes_only_to_bits_measured_for_it():
     ("bops:-1", r"^@alloc\(bops:-1\): budget value '-1' must be a number > 0"),
     ("bops", r"^@alloc\(bops\): budget value '' must be a number > 0"),
     ("bops:0.05", r"^@alloc\(bops:0.05\): no allocation over bits \[8, 4, 2\] meets it: 3,552 bops asked, "
-                  r"4,440 at the fewest bits measured; valid: a budget >= 0.0625 \(of 71,040 bops at 8 bits\) or >= 4440$"),
+                  r"4,440 at the fewest bits measured; valid: a budget >= 0.0625 \(of 71,040 bops at 8 bits\) "
+                  r"or >= 4440$"),
 ])
 def test_bad_budgets_are_one_line(budget, msg):
     with pytest.raises(ConfigError, match=msg) as e:
@@ -192,5 +193,5 @@ def test_mixed_table_and_plots_from_records(tmp_path):
     png = plots.suite_plots("mixed_precision", t.frame, tmp_path, which=("bops", "footprint"))
     assert set(png) == {"Precision@1 against BOPs", "Precision@1 against footprint"}
     assert all(p.stat().st_size > 0 for p in png.values())
-    uniform = tables.frame(mixed_records()[:4])
+    uniform = tables.with_layer_columns(tables.frame(mixed_records()[:4]), mixed_records()[:4])
     assert plots.plot_bops("t", uniform, tmp_path / "x.png") is None  # no mixed run: no BOPs plot

@@ -109,12 +109,14 @@ def test_table_and_bar_plot_from_records(tmp_path):
     assert main.loc["features.2", "Layer MACs"] == tables._count(fp["features.2"]["macs"])
     assert t.frame.quantized_at.tolist()[1:] == [0, 1, 2, 3]  # the bars' order: forward
     png = plots.suite_plots("sensitivity", t.frame, tmp_path, which=("sensitivity",))
-    assert list(png.values()) == [tmp_path / "sensitivity_sensitivity.png"] and png["Validation P@1 drop per layer"].stat().st_size > 0
+    assert list(png.values()) == [tmp_path / "sensitivity_sensitivity.png"]
+    assert png["Validation P@1 drop per layer"].stat().st_size > 0
     paths = render.write("sensitivity", suite, RECORDS, tmp_path)
     assert "| features.0" in paths["md"].read_text() and len(pd.read_csv(paths["csv"])) == 5
 
 
 def test_no_bar_plot_for_suites_that_are_not_a_sensitivity_sweep(tmp_path):
     uniform = [RECORDS[0], record("dorefa", 0.8, {n: 2 for n in DROPS}, w=2)]
-    assert plots.plot_sensitivity("t", tables.frame(uniform), tmp_path / "x.png") is None
-    assert plots.plot_sensitivity("t", tables.frame(RECORDS[:2]), tmp_path / "x.png") is None  # one layer
+    for recs in (uniform, RECORDS[:2]):  # every layer quantized; one layer alone
+        assert plots.plot_sensitivity("t", tables.with_layer_columns(tables.frame(recs), recs), tmp_path / "x.png") is None
+    assert plots.plot_sensitivity("t", tables.frame(RECORDS), tmp_path / "x.png") is None  # not a per-layer table
