@@ -118,5 +118,6 @@ def test_table_and_bar_plot_from_records(tmp_path):
 def test_no_bar_plot_for_suites_that_are_not_a_sensitivity_sweep(tmp_path):
     uniform = [RECORDS[0], record("dorefa", 0.8, {n: 2 for n in DROPS}, w=2)]
     for recs in (uniform, RECORDS[:2]):  # every layer quantized; one layer alone
-        assert plots.plot_sensitivity("t", tables.with_layer_columns(tables.frame(recs), recs), tmp_path / "x.png") is None
+        df = tables.with_layer_columns(tables.frame(recs), recs)
+        assert plots.plot_sensitivity("t", df, tmp_path / "x.png") is None
     assert plots.plot_sensitivity("t", tables.frame(RECORDS), tmp_path / "x.png") is None  # not a per-layer table
