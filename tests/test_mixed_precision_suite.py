@@ -151,6 +151,8 @@ def test_alloc_token_becomes_the_allocations_rules_and_names_the_run(tmp_path):
     assert cfg.run_name == "lenet5-dorefa-W8A8G32-32-mixed-bops0.2-s0"
     with pytest.raises(ConfigError, match=r"^@alloc\(bits:0.2\): budget kind 'bits' unknown"):
         expand([*BASE, "method.layers=@alloc(bits:0.2)"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^@alloc: 2 tokens in one run \(@alloc\(bops:0.2\), @alloc\(bytes:0.3\)\)"):
+        expand([*BASE, "method.layers=@alloc(bops:0.2)", "+method.more=@alloc(bytes:0.3)"], tmp_path)
 
 
 def test_without_sensitivity_records_the_suite_says_run_it_first(tmp_path, capsys):
