@@ -1,6 +1,8 @@
 """A suite's plots, from `tables.frame(records)`: PNGs drawn with matplotlib, pure functions of the
 records. Precision@1 against footprint and against deployed latency (log scale, Pareto front), a W x A heat map of P@1 per
-method swept over both bitwidths, training and test throughput relative to FP32.
+method swept over both bitwidths, training and test throughput relative to FP32; for per-layer
+suites, the validation P@1 drop per layer (sensitivity) and P@1 against BOPs beside the uniform
+rows (mixed precision).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def plot_front(name: str, df: pd.DataFrame, path: Path, x: str, y: str, x_scale:
         shown = legend_name(g.get("method_label", g.method).iloc[0], method)
         ax.scatter(g[x] * x_scale, 100 * g[y], marker=markers[i % len(markers)], label=shown, s=36)
         for _, r in g.iterrows():
-            ax.annotate(f"{r.bits_w},{r.bits_a}", (r[x] * x_scale, 100 * r[y]), fontsize=6,
+            ax.annotate(point_label(r), (r[x] * x_scale, 100 * r[y]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     front = ok.iloc[pareto(list(zip(ok[x], ok[y])))]
     ax.step(front[x] * x_scale, 100 * front[y], where="post", color="k", lw=0.8, ls="--",
@@ -66,6 +68,64 @@ def plot_front(name: str, df: pd.DataFrame, path: Path, x: str, y: str, x_scale:
     ax.set_title(f"{name}: {title}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")  # away from the points
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def point_label(r) -> str:
+    """A point's bits, `W,A`; `mixed` for a run whose layers compute at different bits."""
+    from benchmarks.tables import mixed
+    return "mixed" if mixed(r.get("layer_bits")) else f"{r.bits_w},{r.bits_a}"
+
+
+def plot_bops(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """Precision@1 against BOPs (cost.py: MACs x W x A per layer at its own bits), for suites with
+    a mixed-precision run (its layers at different bits) beside the uniform ones; runs without
+    BOPs (full precision) are left out."""
+    from benchmarks.tables import mixed
+    if "bops" not in df or "layer_bits" not in df or not df.layer_bits.map(mixed).any():
+        return None
+    return plot_front(name, df.assign(bops=df.bops.where(df.bops > 0)), path, "bops", "top1", 1.0,
+                      "BOPs (one image, log scale)", "Precision@1 against BOPs")
+
+
+def sensitivity_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs that quantized exactly one layer, with `drop`: the validation P@1 drop
+    (points) from the same model's FP32 run; empty unless two layers or more of one model were."""
+    from benchmarks.tables import fp32_val
+    if "quantized_layers" not in df or "val_top1_last" not in df:
+        return pd.DataFrame()
+    ref = fp32_val(df)
+    one = df[(df.status == "ok") & df.model.isin(list(ref)) & df.val_top1_last.notna()
+             & df.quantized_layers.map(lambda q: isinstance(q, str) and q != "" and " " not in q)]
+    one = one.assign(drop=[100 * (ref[m] - v) for m, v in zip(one.model, one.val_top1_last)])
+    return one if one.quantized_layers.nunique() >= 2 else pd.DataFrame()
+
+
+def plot_sensitivity(name: str, df: pd.DataFrame, path: Path) -> Path | None:
+    """Validation P@1 drop from FP32 (points) per layer quantized alone, one bar per method and
+    bits, layers in forward order; None for suites that are not a sensitivity sweep."""
+    one = sensitivity_frame(df)
+    if one.empty:
+        return None
+    plt = _plt()
+    layers = list(dict.fromkeys(one.sort_values("quantized_at", kind="stable").quantized_layers))  # forward order
+    series = list(dict.fromkeys(zip(one.method, one.bits_w, one.bits_a)))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(layers) * len(series) + 2), 4.2), dpi=110)
+    for k, (method, w, a) in enumerate(series):
+        g = one[(one.method == method) & (one.bits_w == w) & (one.bits_a == a)]
+        d = g.groupby("quantized_layers").drop.mean()
+        label = legend_name(g.get("method_label", g.method).iloc[0], method)
+        ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(layers))],
+               [d.get(n, float("nan")) for n in layers], width=width, label=f"{label} W{w}A{a}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("validation P@1 drop from FP32 (points)")
+    ax.set_title(f"{name}: one layer quantized, the others full precision", fontsize=10)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -148,7 +208,9 @@ def plot_throughput(name: str, df: pd.DataFrame, path: Path) -> Path | None:
 PLOTS = {"footprint": ("Precision@1 against footprint", plot_footprint),
          "deployed": ("Precision@1 against deployed latency", plot_deployed),
          "heatmap": ("Precision@1, W x A", plot_heatmap),
-         "throughput": ("Throughput relative to FP32", plot_throughput)}
+         "throughput": ("Throughput relative to FP32", plot_throughput),
+         "bops": ("Precision@1 against BOPs", plot_bops),
+         "sensitivity": ("Validation P@1 drop per layer", plot_sensitivity)}
 
 
 def suite_plots(name: str, df: pd.DataFrame, out_dir: Path, which=tuple(PLOTS)) -> dict[str, Path]:

@@ -8,7 +8,10 @@ Each run is a separate `train.py` process (a crash or a DDP launch cannot distur
 A run whose record exists with status ok and the same config_hash is skipped, so an interrupted
 suite resumes where it stopped. Then the table is rebuilt from the records:
 <results_dir>/tables/<name>.{md,csv,html}. Extra `key=value` arguments apply to every run; with
-`logger=wandb` the table and plots are also logged to W&B (benchmarks/wandb_suite.py).
+`logger=wandb` the table and plots are also logged to W&B (benchmarks/wandb_suite.py); extra
+`suite.<key>=value` arguments also set the suite's own keys (`suite.method=ptq`).
+Run entries may hold tokens that expand into runs (`generated`): `@layer` (one run per layer,
+benchmarks/sensitivity.py) and `@alloc(<budget>)` (per-layer bits, benchmarks/mixed_precision.py).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import ListConfig, OmegaConf
 
-from benchmarks import render, wandb_suite
+from benchmarks import mixed_precision, render, sensitivity, wandb_suite
 from lightning_modules.config_check import ConfigError, check_config, check_overrides, choices, normalize_overrides
 from lightning_modules.record import TABLE_KEYS, config_hash, read_record, write_json_atomic
 from lightning_modules.sweep import done
@@ -84,12 +87,13 @@ def plan(name: str, results_dir: str, extra: list[str] = ()) -> tuple[dict, list
 
 def _plan(name: str, results_dir: str, extra: list[str]) -> tuple[dict, list[dict]]:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        suite = compose("config", overrides=[f"suite={name}"]).suite
+        own = [o for o in extra if o.startswith("suite.")]  # the suite's keys (suite.method=ptq)
+        suite = compose("config", overrides=[f"suite={name}", *own]).suite
         seeds = suite_seeds(name, suite.get("seeds"))
         runs, seen = [], set()
-        for run in with_seeds([r for spec in suite.runs for r in expand(list(spec))], seeds, extra):
-            overrides = normalize_overrides(
-                [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"])
+        entries = with_seeds([r for spec in suite.runs for r in expand(spliced(spec))], seeds, extra)
+        for overrides in (ovs for run in entries for ovs in generated(normalize_overrides(
+                [*suite.common, *run, *extra, f"suite={name}", f"results_dir={results_dir}"]))):
             check_overrides(overrides)
             cfg = compose_run(overrides)
             if cfg.run_dir in seen:
@@ -99,6 +103,20 @@ def _plan(name: str, results_dir: str, extra: list[str]) -> tuple[dict, list[dic
             runs.append({"overrides": overrides, "config_hash": config_hash(cfg), "cfg": cfg,
                          "record": Path(cfg.run_dir) / "record.json", "run_name": cfg.run_name})
     return OmegaConf.to_container(suite, resolve=True), runs
+
+
+def spliced(spec) -> list[str]:
+    """A run entry's overrides, an item that is a list (a suite key interpolated into the entry,
+    `"${suite.method_args}"`) spliced in: suite keys can add overrides to some runs only."""
+    return [o for item in spec for o in (list(item) if isinstance(item, ListConfig) else [item])]
+
+
+def generated(overrides: list[str]) -> list[list[str]]:
+    """A run's override lists once its tokens are expanded (inside plan's Hydra context):
+    `@layer` -> one run per candidate layer of its model, `@alloc(<budget>)` -> the per-layer
+    bits allocated from the sensitivity suite's records; a list without tokens is itself."""
+    return [mixed_precision.expand_alloc(o, compose_run)
+            for o in sensitivity.expand_layers(overrides, compose_run)]
 
 
 class Refused(Exception):

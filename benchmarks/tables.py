@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import published
+from benchmarks.plots import legend_name
 from benchmarks.seeds import aggregate, cell, stats
 from lightning_modules.record import hardware_line
 
@@ -116,6 +117,34 @@ def frame(records: list[dict]) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     return fp32_ratios(df) if not df.empty else df
+
+
+def with_layer_columns(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """`frame(records)` with `layer_columns` of each record (the per-layer suites' tables and
+    plots: `table: sensitivity` and `table: mixed`)."""
+    extra = pd.DataFrame([layer_columns(r) for r in records], index=df.index)
+    return pd.concat([df, extra], axis=1) if not extra.empty else df
+
+
+def layer_columns(rec: dict) -> dict:
+    """From the record's per-layer rows (cost.py `layers[]`): the layers computing below 32 bits
+    (W or A) by name, the forward position of the first, their params and MACs, and every
+    layer's `W/A` bits in forward order (mixed precision); {} for records without the rows."""
+    rows = rec.get("layers")
+    if not rows or not all(isinstance(r, dict) and "bits" in r for r in rows):
+        return {}
+    q = [r for r in rows if r["bits"]["w"] < 32 or r["bits"]["a"] < 32]
+    return {"quantized_layers": " ".join(r["name"] for r in q),
+            "quantized_at": next((i for i, r in enumerate(rows) if r in q), None),  # forward position
+            "quantized_params": sum(r["params"] for r in q), "quantized_macs": sum(r["macs"] for r in q),
+            "layer_bits": " ".join(f"{r['bits']['w']}/{r['bits']['a']}" for r in rows)}
+
+
+def mixed(layer_bits) -> bool:
+    """Whether a `layer_bits` cell gives the quantized layers (below 32 bits) different bits."""
+    if not isinstance(layer_bits, str):
+        return False
+    return len({b for b in layer_bits.split() if b != "32/32"}) > 1
 
 
 def deploy_kind(rec: dict) -> str:
@@ -355,9 +384,44 @@ def pivot_tables(df: pd.DataFrame, rows: str = "bits_w", cols: str = "bits_a",
     return out
 
 
+def fp32_val(df: pd.DataFrame) -> dict:
+    """Per model, the validation P@1 of its (first) finished FP32 row."""
+    fp = df[(df.method == "fp32") & (df.status == "ok")] if "val_top1_last" in df else df.iloc[:0]
+    return {m: v for m, v in zip(fp.model[::-1], fp.val_top1_last[::-1]) if not pd.isna(v)}
+
+
+def display_sensitivity(df: pd.DataFrame) -> pd.DataFrame:
+    """The sensitivity table (benchmarks/sensitivity.py): per run the layer it quantized (alone),
+    its bits, validation P@1 and the drop from the same model's FP32 run (points), test P@1, and
+    the layer's params and MACs."""
+    col = lambda k: df.get(k, pd.Series(None, index=df.index, dtype=object))  # noqa: E731
+    ref = fp32_val(df)
+    drop = [ref.get(m) - v if m in ref and not pd.isna(v) and s == "ok" else None
+            for m, v, s in zip(df.model, col("val_top1_last"), df.status)]
+    layers = ["- (FP32)" if not isinstance(q, str) or not q else q for q in col("quantized_layers")]
+    return pd.DataFrame({
+        "Layer": layers, "model": df.model,
+        "Method": [legend_name(lab, m) for lab, m in zip(col("method_label"), df.method)],
+        "Bits (W/A)": ["-" if m == "fp32" else f"{w}/{a}" for m, w, a in zip(df.method, df.bits_w, df.bits_a)],
+        "Val P@1": val_cells(df),
+        "Δ Val P@1 vs FP32": ["-" if d is None else f"{0.0 - 100 * d:+.2f} pts" for d in drop],
+        "Precision@1": pct_cells(df, "top1"),
+        "Layer params": [_count(n) for n in col("quantized_params")],
+        "Layer MACs": [_count(n) for n in col("quantized_macs")],
+    })
+
+
+def display_mixed(df: pd.DataFrame) -> pd.DataFrame:
+    """The quant table plus each run's W/A bits per layer, forward order (mixed precision)."""
+    bits = df.get("layer_bits", pd.Series(None, index=df.index, dtype=object))
+    return display(df).assign(**{"W/A per layer": [b if isinstance(b, str) else "-" for b in bits]})
+
+
 # a suite's `table:` -> (its run table, its published rows)
 TABLE_TYPES = {"quant": (display, reference), "compression": (display_compression, reference_compression),
-               "compact": (display_compact, reference)}
+               "compact": (display_compact, reference), "sensitivity": (display_sensitivity, reference),
+               "mixed": (display_mixed, reference)}
+LAYER_TABLES = ("sensitivity", "mixed")  # tables whose frame has the records' layer_columns
 
 
 @dataclass
@@ -396,6 +460,8 @@ def suite_tables(suite: dict, records: list[dict]) -> SuiteTables:
     df = frame(records)
     if df.empty:
         raise ValueError(f"suite {name}: no records to tabulate")
+    if kind in LAYER_TABLES:  # per-layer suites: which layers ran at which bits
+        df = with_layer_columns(df, records)
     df = published.annotate(df, suite.get("reference"))  # paper_* columns: exact / closest published, Δ
     shown, read_reference = TABLE_TYPES[kind]
     pivot, ref_table = suite.get("pivot") or {}, suite.get("reference")
