@@ -175,3 +175,15 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> None:
     if dst.input_bn is not None:
         dst.input_bn.to(src.weight.dtype)
     dst.train(src.training)
+
+
+def compile_quantized(net: nn.Module, **options) -> nn.Module:
+    """`torch.compile` (inductor) the forward of every QConv2d / QLinear in `net`, in place
+    (`nn.Module.compile`), and return `net`: the quantizers, the conv/linear and the STE backward
+    of each layer become one fused graph; the float layers around them stay eager, so an FP32 net
+    is unchanged. `options` go to torch.compile. The first step of each layer pays the compile
+    (a C++ compiler is needed on CPU), and train/eval and a new batch size compile again once."""
+    for m in net.modules():
+        if isinstance(m, QLayer):
+            m.compile(**options)
+    return net
