@@ -34,7 +34,11 @@ def sign_pm1(x: torch.Tensor) -> torch.Tensor:
 
 def inside(x: torch.Tensor, lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
     """1.0 where lo <= x <= hi, else 0.0 (float): 1 - |sign(clamp(x) - x)|. clamp(x) - x is 0
-    exactly inside and never 0 outside (the difference of two distinct floats)."""
+    exactly inside and never 0 outside (the difference of two distinct floats). Tensor bounds
+    become Python floats on CPU (the same float32 values; a clamp with tensor bounds is ~10x
+    slower there)."""
+    if x.device.type == "cpu":
+        lo, hi = (float(v) if torch.is_tensor(v) else v for v in (lo, hi))
     return x.clamp(lo, hi).sub_(x).sign_().abs_().neg_().add_(1)
 
 
@@ -113,8 +117,8 @@ class _ScaledSign(torch.autograd.Function):
             g_x = (g_s * alpha).mul_(mask)
             g_alpha = (g_s * s).sum(dim=ctx.dims, keepdim=True)
         if g_alpha is not None:
-            via_alpha = (g_alpha / ctx.n) * x.sgn()
-            g_x = via_alpha if g_x is None else g_x + via_alpha
+            via_alpha = x.sgn().mul_(g_alpha / ctx.n)
+            g_x = via_alpha if g_x is None else g_x.add_(via_alpha)
         return g_x, None, None
 
 
@@ -200,15 +204,15 @@ def pow2_weight(w, levels, scale=True):
         top = torch.floor(torch.log2(4 * wd.abs().max().clamp(min=1e-30) / 3))
     else:
         top = torch.zeros((), device=w.device)
-    lo, hi = 2.0 ** (top - levels), 2.0 ** top
+    lo = 2.0 ** (top - levels)
+    # the bounds' bits as Python ints: a clamp with tensor bounds is ~10x slower on CPU (one sync
+    # per layer on a GPU)
+    lo_bits, hi_bits, mid_bits = (int(v.view(torch.int32)) for v in (lo, 2.0 ** top, lo / 2))
     bits = wd.view(torch.int32)
-    neg = bits >> 31  # -1 where the sign bit is set, else 0
-    mag = bits & 0x7FFFFFFF  # |w| as bits (monotone in |w|)
-    q = ((mag + neg) + _HALF).bitwise_and_(_EXP).view(torch.float32).clamp_(lo, hi)
-    # nonzero where |w| >= lo/2 (w > 0) or |w| > lo/2 (w < 0): the sign of (|w| bits - 1[w<0] - mid bits)
-    mid = (lo / 2).view(torch.int32)
-    keep = (mag + neg).sub_(mid).bitwise_right_shift_(31).add_(1).to(torch.float32)
-    return straight_through(w, q.mul_(keep).copysign_(wd))
+    t = (bits & 0x7FFFFFFF).add_(bits >> 31)  # |w| bits, minus 1 where w < 0 (ties go down)
+    r = (t + _HALF).bitwise_and_(_EXP).clamp_(lo_bits, hi_bits)  # 2^e or 2^(e+1), in range
+    r.mul_(t.sub_(mid_bits).bitwise_right_shift_(31).add_(1))  # 0 below the midpoint lo / 2
+    return straight_through(w, r.view(torch.float32).copysign_(wd))
 
 
 def uniform_weight(w, k):

@@ -149,7 +149,7 @@ class LQQuantizer(nn.Module):
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.detach().reshape(self.basis.shape[0], -1)
-        levels = self.levels()
+        levels = None if self.signed else self.levels()  # the clip range (before the QEM step)
         q, idx = lq_quantize(rows, self.basis, self.codes)
         if self.training:
             with torch.no_grad():
