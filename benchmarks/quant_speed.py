@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-steps", type=int, default=6, help="eval batches per method per round")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", default=str(REPO / "results" / "tables"),
-                   help="writes quant_speed.{md,csv,json} here (quant_speed_<model>.* for other models)")
+                   help="writes quant_speed[_<model>][_compile].{md,csv,json} here (the model when not "
+                        "lenet5, _compile with --compile true|both)")
     p.add_argument("--impl", default="fused", choices=("fused", "reference", "both"),
                    help="quantizers: fused.py, the reference bodies, or both rows")
     p.add_argument("--compile", default="false", choices=("false", "true", "both"),
@@ -203,7 +204,8 @@ def main(argv=None) -> int:
         shown.to_markdown(index=False), ""])
     print(md)
     out = Path(args.out)
-    stem = "quant_speed" if args.model == "lenet5" else f"quant_speed_{args.model}"
+    stem = "quant_speed" + ("" if args.model == "lenet5" else f"_{args.model}") + \
+        ("" if args.compile == "false" else "_compile")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(md)
     df.to_csv(out / f"{stem}.csv", index=False)
