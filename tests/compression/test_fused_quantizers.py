@@ -1,6 +1,7 @@
 """The fused quantizers (fused.py) against the reference bodies in quantizers.py / learned.py:
 forward values and every gradient equal (torch.equal: bit for bit, up to the sign of a zero),
 on random inputs seeded with the values where the STE masks, signs and roundings switch."""
+import copy
 from functools import partial
 
 import pytest
@@ -142,3 +143,22 @@ def test_qlayers_match_reference(roles):
         ref, out = _layer_grads(layer, x, True), _layer_grads(layer, x, False)
         for r, o in zip(ref, out):
             assert torch.equal(r, o)
+
+
+@pytest.mark.slow
+def test_compile_quantized_matches_eager():
+    """compile_quantized compiles only the quantized layers (in place) and trains the same:
+    outputs and gradients within float32 reassociation of eager (inductor fuses the ops)."""
+    from lightning_modules.compression.quantization.qlayers import compile_quantized
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.ReLU(),
+                                QLinear(10, 6, weight_quant=Q.bwn_weight, act_quant=Q.xnor_input))
+    compiled = copy.deepcopy(eager)
+    assert compile_quantized(compiled) is compiled
+    assert compiled[2]._compiled_call_impl is not None and compiled[0]._compiled_call_impl is None
+    x = torch.randn(8, 12)
+    for net in (eager, compiled):
+        net(x).square().sum().backward()
+    assert torch.allclose(eager(x), compiled(x), rtol=1e-5, atol=1e-6)
+    for pe, pc in zip(eager.parameters(), compiled.parameters()):
+        assert torch.allclose(pe.grad, pc.grad, rtol=1e-5, atol=1e-6)
