@@ -15,9 +15,11 @@ import itertools
 import torch
 from torch import nn
 
-from .quantizers import float32_math, ste
+from . import fused
+from .quantizers import float32_math, ste, use_reference
 
 NORM_PPF_0_75 = 0.6745  # Phi^-1(0.75): the LQ-Nets reference code's basis initialisation
+FUSED_MAX_BOUNDS = 7  # up to 3 bits, positions are counted by float passes (fused.lq_positions)
 
 
 class _TernaryScaled(torch.autograd.Function):
@@ -85,7 +87,10 @@ def lq_quantize(x: torch.Tensor, basis: torch.Tensor, codes: torch.Tensor):
     """
     levels, order = (basis @ codes.T).sort(dim=1)
     bounds = ((levels[:, 1:] + levels[:, :-1]) / 2).contiguous()
-    pos = torch.searchsorted(bounds, x.contiguous())
+    if bounds.shape[1] <= FUSED_MAX_BOUNDS and not use_reference():
+        pos = fused.lq_positions(x, bounds)  # the same indices, 5-10x faster for a few levels
+    else:
+        pos = torch.searchsorted(bounds, x.contiguous())
     return levels.gather(1, pos), order.gather(1, pos)
 
 
@@ -144,16 +149,18 @@ class LQQuantizer(nn.Module):
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.detach().reshape(self.basis.shape[0], -1)
-        levels = self.levels()
+        levels = None if self.signed else self.levels()  # the clip range (before the QEM step)
         q, idx = lq_quantize(rows, self.basis, self.codes)
         if self.training:
             with torch.no_grad():
                 new = qem_basis(rows, idx, self.codes)
                 self.basis.mul_(self.momentum).add_((1 - self.momentum) * new)
         q = q.reshape(x.shape)
+        if use_reference():
+            return ste(x, q) if self.signed else ste(x, q, levels[:, 0].min(), levels[:, -1].max())
         if self.signed:
-            return ste(x, q)
-        return ste(x, q, levels[:, 0].min(), levels[:, -1].max())
+            return fused.straight_through(x, q)
+        return fused.clipped(x, q, levels[:, 0].min(), levels[:, -1].max())
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, channels={self.basis.shape[0]}, signed={self.signed}, "

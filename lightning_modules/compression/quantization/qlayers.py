@@ -175,3 +175,22 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> None:
     if dst.input_bn is not None:
         dst.input_bn.to(src.weight.dtype)
     dst.train(src.training)
+
+
+def compile_quantized(net: nn.Module, **options) -> nn.Module:
+    """`torch.compile` (inductor) the forward of every QConv2d / QLinear in `net`, in place
+    (`nn.Module.compile`), and return `net`: the quantizers, the conv/linear and the STE backward
+    of each layer become one fused graph; the float layers around them stay eager, so an FP32 net
+    is unchanged. `options` go to torch.compile. The first step of each layer pays the compile
+    (a C++ compiler is needed on CPU), and train/eval and a new batch size compile again once.
+
+    All layers of a class share one code object (`forward`), so dynamo's per-code recompile limit
+    (8 by default) would count every layer, mode and shape together and silently leave the
+    layers past it eager: the limit is raised by 4 per layer compiled here."""
+    layers = [m for m in net.modules() if isinstance(m, QLayer)]
+    if layers:
+        config = torch._dynamo.config
+        config.recompile_limit = config.recompile_limit + 4 * len(layers)
+    for m in layers:
+        m.compile(**options)
+    return net

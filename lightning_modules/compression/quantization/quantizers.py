@@ -10,15 +10,53 @@ Each docstring gives the forward, the backward and the paper. Conventions:
   under `torch.autocast`; its output is float32 (the next conv/linear is cast by autocast again).
 - "Per output channel" means over dim 0 of a weight (conv: O x I x kh x kw, linear: O x I).
 
-The stateful, learned quantizers (TTQ, LQ-Nets) are modules in `learned_quantizers.py`.
+The stateful, learned quantizers (TTQ, LQ-Nets) are modules in `learned.py`.
+
+Each function body here is the reference implementation (autograd ops, easy to check against the
+paper). Training runs the fused version of the hot ones (`fused.py`: the same values and
+gradients in fewer passes, see `fused_as`); `with reference_quantizers():` runs these bodies.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import fused as _fused
+from .fused import _channel_dims
+
+_REFERENCE = [False]  # a list: one mutable flag shared by every quantizer
+
+
+@contextlib.contextmanager
+def reference_quantizers(on: bool = True):
+    """Run the reference bodies (`on`) or the fused versions inside the block."""
+    before, _REFERENCE[0] = _REFERENCE[0], on
+    try:
+        yield
+    finally:
+        _REFERENCE[0] = before
+
+
+def use_reference() -> bool:
+    """True inside `reference_quantizers()` and while tracing (the ONNX exporter traces the
+    reference ops; the fused autograd.Functions have no ONNX symbolic)."""
+    return _REFERENCE[0] or torch.jit.is_tracing()
+
+
+def fused_as(fast):
+    """Decorator: the function runs `fast` (same signature, same values and gradients, see
+    fused.py) unless `use_reference()`; the body it decorates stays the reference (`.reference`)."""
+    def wrap(ref):
+        @functools.wraps(ref)
+        def dispatch(*args, **kwargs):
+            return (ref if use_reference() else fast)(*args, **kwargs)
+        dispatch.reference = ref
+        return dispatch
+    return wrap
 
 
 def float32_math(fn):
@@ -47,13 +85,10 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-def _channel_dims(w: torch.Tensor) -> tuple[int, ...]:
-    return tuple(range(1, w.dim())) if w.dim() > 1 else (0,)
-
-
 # --- binary ----------------------------------------------------------------------------------
 
 @float32_math
+@fused_as(_fused.ste_sign)
 def ste_sign(w: torch.Tensor) -> torch.Tensor:
     """BinaryConnect, deterministic (Courbariaux, Bengio, David 2015, eq. 1).
 
@@ -69,6 +104,7 @@ def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
 
 
 @float32_math
+@fused_as(_fused.stochastic_sign)
 def stochastic_sign(w: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """BinaryConnect, stochastic (Courbariaux et al. 2015, eq. 2).
 
@@ -101,6 +137,7 @@ class StochasticSign(nn.Module):
 
 
 @float32_math
+@fused_as(_fused.bnn_sign)
 def bnn_sign(x: torch.Tensor) -> torch.Tensor:
     """BNN sign (Courbariaux, Hubara et al. 2016, "Binarized Neural Networks", eq. 1 and 4).
 
@@ -110,6 +147,7 @@ def bnn_sign(x: torch.Tensor) -> torch.Tensor:
 
 
 @float32_math
+@fused_as(_fused.bwn_weight)
 def bwn_weight(w: torch.Tensor) -> torch.Tensor:
     """Binary-Weight-Network weights (Rastegari et al. 2016, XNOR-Net, eq. 4 and Sec. 3.1).
 
@@ -122,6 +160,7 @@ def bwn_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 @float32_math
+@fused_as(_fused.xnor_input)
 def xnor_input(x: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """XNOR-Net input binarization (Rastegari et al. 2016, Sec. 3.2, Fig. 2).
 
@@ -144,6 +183,7 @@ def xnor_scale(a: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1) ->
 # --- DoReFa ----------------------------------------------------------------------------------
 
 @float32_math
+@fused_as(_fused.quantize_k)
 def quantize_k(r: torch.Tensor, k: int) -> torch.Tensor:
     """DoReFa quantize_k (Zhou et al. 2016, eq. 5) for r in [0, 1].
 
@@ -154,6 +194,7 @@ def quantize_k(r: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @float32_math
+@fused_as(_fused.dorefa_weight)
 def dorefa_weight(w: torch.Tensor, k: int) -> torch.Tensor:
     """DoReFa weights (Zhou et al. 2016, eq. 7 and 9).
 
@@ -170,6 +211,7 @@ def dorefa_weight(w: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @float32_math
+@fused_as(_fused.dorefa_act)
 def dorefa_act(x: torch.Tensor, k: int) -> torch.Tensor:
     """DoReFa activations (Zhou et al. 2016, eq. 10): forward quantize_k(clip(x, 0, 1));
     backward 1 inside [0, 1], 0 outside. Also the k-bit unsigned uniform activation quantizer."""
@@ -208,12 +250,13 @@ def dorefa_grad(x: torch.Tensor, k: int) -> torch.Tensor:
     dorefa.py) does. The noise makes the rounding stochastic, so E[dr_q] = dr (unbiased), and
     each sample's gradient takes at most 2^k values. k = 32: identity in both passes.
     """
-    return x if k >= 32 else _DoReFaGrad.apply(x, k)
+    return x if k >= 32 else (_DoReFaGrad if use_reference() else _fused.DoReFaGrad).apply(x, k)
 
 
 # --- ternary ---------------------------------------------------------------------------------
 
 @float32_math
+@fused_as(_fused.twn_weight)
 def twn_weight(w: torch.Tensor) -> torch.Tensor:
     """Ternary Weight Networks (Li, Zhang, Liu 2016, eq. 9-11), per layer.
 
@@ -241,6 +284,7 @@ def pow2_codebook(levels: int, top: int | torch.Tensor = 0, device=None) -> torc
 
 
 @float32_math
+@fused_as(_fused.pow2_weight)
 def pow2_weight(w: torch.Tensor, levels: int, scale: bool = True) -> torch.Tensor:
     """Powers-of-two codebook (shift-only multiplications; INQ, Zhou et al. 2017, eq. 1-2).
 
@@ -254,6 +298,7 @@ def pow2_weight(w: torch.Tensor, levels: int, scale: bool = True) -> torch.Tenso
 
 
 @float32_math
+@fused_as(_fused.uniform_weight)
 def uniform_weight(w: torch.Tensor, k: int) -> torch.Tensor:
     """k-bit symmetric uniform weights, per output channel.
 
