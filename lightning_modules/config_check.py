@@ -111,6 +111,8 @@ def check_config(cfg: DictConfig) -> None:
     if root is not None and not Path(str(root)).is_dir():
         raise ConfigError(f"data.root={root}: no such directory (omit it to use <repo>/data)")
     check_checkpoint(cfg)
+    if not isinstance(cfg.get("compile", False), bool):
+        raise ConfigError(f"compile={cfg.get('compile')}: valid: true, false")
     deploy = cfg.get("deploy")
     if deploy is not None:
         from .deploy.deploy import check as check_deploy

@@ -44,7 +44,7 @@ def header(cfg: DictConfig) -> dict:
             "model": cfg.model.name, "method": cfg.method.name, "method_label": cfg.method.get("label"),
             "bits": {k: int(cfg.bits[k]) for k in ("w", "a", "g")}, "precision": cfg.precision.name,
             "epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size),
-            "seed": int(cfg.seed), "code_hash": code_hash(), "torch_threads": torch_threads()}
+            "seed": int(cfg.seed), "compile": bool(cfg.get("compile", False)), "code_hash": code_hash(), "torch_threads": torch_threads()}
 
 
 def ordered(record: dict) -> dict:

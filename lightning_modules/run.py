@@ -59,11 +59,15 @@ def build_module(cfg: DictConfig, dm) -> CompressionModule:
     MethodHooks callback, module.configure_callbacks), optimizer and scheduler factories."""
     sched = cfg.scheduler
     shape = (dm.in_channels, dm.image_size, dm.num_classes)
-    return CompressionModule(
+    module = CompressionModule(
         net=build_net(cfg, dm), method=build_method(cfg, shape), num_classes=dm.num_classes,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(sched.factory) if sched.factory is not None else None,
         scheduler_interval=sched.interval)
+    if cfg.compile:  # the quantized layers' forward compiled in place (state dict unchanged)
+        from .compression.quantization.qlayers import compile_quantized
+        compile_quantized(module.net)
+    return module
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, module: CompressionModule) -> pl.Trainer:
