@@ -183,3 +183,17 @@ def test_overhead_rejects_steps_not_above_warmup(capsys):
     with pytest.raises(SystemExit) as e:
         overhead.main(["--steps", "5", "--warmup", "20"])
     assert e.value.code != 0 and "--steps=5: must exceed --warmup=20" in capsys.readouterr().err
+
+
+def test_tables_show_step_times_and_training_memory_only_where_records_have_them():
+    from benchmarks import tables
+    from tests.test_tables import RECORDS, rec
+    assert "Train peak mem" not in tables.display(tables.frame(RECORDS)).columns  # older records
+    new = rec("lenet300", "32", 40.0, 9.0, 0.88, model_step_ms=2.5, loop_step_ms=3.25,
+              peak_train_mem_bytes=812_000_000, mem_measure="cpu_peak_rss")
+    shown = tables.display(tables.frame([*RECORDS, new]))
+    cols = list(shown.columns)
+    assert cols[cols.index("Thruput. (Training)") + 1: cols.index("Thruput. (Training)") + 3] == [
+        "Step ms (model / loop)", "Train peak mem"]
+    assert shown["Step ms (model / loop)"].tolist()[-2:] == ["- / -", "2.50 / 3.25"]
+    assert shown["Train peak mem"].tolist()[-2:] == ["-", "812.00 MB (cpu_peak_rss)"]
