@@ -57,9 +57,12 @@ class CompressionModule(pl.LightningModule):
         if self._nonfinite.device != loss.device:
             self._nonfinite = self._nonfinite.to(loss.device)
         torch.logical_or(self._nonfinite, ~torch.isfinite(loss.detach()), out=self._nonfinite)
-        # Lightning's logging costs ~0.2 ms a call: log on the steps the logger writes anyway
+        # Lightning's logging costs ~0.2 ms a call: log on the steps the logger writes anyway. A
+        # progress-bar value is converted to a Python number (.item(), a CUDA sync) on every step
+        # after the first log, so only where a progress bar shows it
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss", loss, on_step=True, on_epoch=False,
+                     prog_bar=self.trainer.progress_bar_callback is not None)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
