@@ -173,9 +173,12 @@ def test_overhead_quick_writes_three_columns(tmp_path):
     out = tmp_path / "overhead.md"
     assert overhead.main(["--quick", "--table", str(out), "--threads", "1"]) == 0
     text = out.read_text()
-    assert "load average" in text and "bare/raw" in text
+    assert "load average" in text and "Bare / raw" in text
     row = next(line for line in text.splitlines() if line.startswith("| 32 |"))
-    assert len(row.strip("|").split("|")) == 9
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    raw, bare, ours = (float(c.replace(",", "")) for c in cells[1:4])
+    assert len(cells) == 11 and cells[5].endswith("×")
+    assert float(cells[5][:-1]) == pytest.approx(ours / raw, abs=0.006)  # one round: the figures' ratio
 
 
 def test_overhead_rejects_steps_not_above_warmup(capsys):
