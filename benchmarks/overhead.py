@@ -45,9 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("raw", "bare", "harness")
 
 
-def config(batch_size: int, steps: int | None, results_dir: str):
-    """The harness config for LeNet-300-100, one epoch, no validation (`steps`: batches per epoch)."""
+def config(batch_size: int, steps: int | None, results_dir: str, warmup: int):
+    """The harness config for LeNet-300-100, one epoch, no validation (`steps`: batches per epoch),
+    the benchmark's warm-up for the harness's meters."""
     overrides = ["model=lenet300", "trainer.max_epochs=1", f"data.batch_size={batch_size}",
+                 f"measure.warmup_steps={warmup}",
                  "trainer.limit_val_batches=0", f"results_dir={results_dir}", "deploy=none"]
     if steps:
         overrides.append(f"trainer.limit_train_batches={steps}")
@@ -141,14 +143,10 @@ def harness(cfg, dm, warmup: int) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(cfg, run_dir, module)
-    for cb in trainer.callbacks:
-        if isinstance(cb, ThroughputMeter):  # the benchmark's warm-up, for all three columns alike
-            cb.train.warmup = warmup
     trainer.fit(module, datamodule=dm)
     meter = next(cb for cb in trainer.callbacks if isinstance(cb, ThroughputMeter))
-    fields = {k: v for cb in trainer.callbacks if hasattr(cb, "fields") for k, v in cb.fields(trainer).items()}
-    return {"samples_s": meter.summary()["train_samples_s"], "step_ms": fields["loop_step_ms"],
-            "model_step_ms": fields.get("model_step_ms")}
+    f = meter.fields(trainer)  # the record's figures: throughput, loop and model step times
+    return {"samples_s": f["train_samples_s"], "step_ms": f["loop_step_ms"], "model_step_ms": f["model_step_ms"]}
 
 
 RUN = {"raw": raw_loop, "bare": bare, "harness": harness}
@@ -160,7 +158,7 @@ def measure(batch_sizes, rounds: int, steps: int | None, warmup: int, tmp: str) 
     dms = {}
     for r in range(rounds):
         for b in batch_sizes:
-            cfg = config(b, steps, tmp)
+            cfg = config(b, steps, tmp, warmup)
             if b not in dms:
                 dms[b] = build_datamodule(cfg)
                 dms[b].prepare_data()

@@ -69,10 +69,13 @@ class SlowStep(Method):
 def test_model_step_time_brackets_forward_to_optimizer_step_and_not_loading():
     load, step = 0.05, 0.02
     x, y = data()
-    meter, st = ThroughputMeter(warmup_steps=2), StepTime(warmup_steps=2)
+    meter = ThroughputMeter(warmup_steps=2)  # drives StepTime and PeakMemory
     m = module(torch.nn.Linear(8, 4), SlowStep(step))
-    trainer(callbacks=[meter, st]).fit(m, train_dataloaders=SlowLoader(x, y, 32, shuffle=True, sleep=load))
-    model_ms, loop_ms = st.fields(None)["model_step_ms"], meter.summary()["loop_step_ms"]
+    t = trainer(callbacks=[meter])
+    t.fit(m, train_dataloaders=SlowLoader(x, y, 32, shuffle=True, sleep=load))
+    f = meter.fields(t)
+    model_ms, loop_ms = f["model_step_ms"], f["loop_step_ms"]
+    st = next(p for p in meter.parts if isinstance(p, StepTime))
     assert len(st.ms) == 10 - 2 and len(meter.train.steady_dts) == 10 - 2  # same warm-up, same steps
     assert model_ms >= 1000 * step  # the method's after_step runs inside the bracket
     # every step's loop interval holds its model step plus the batch's loading, so the medians too

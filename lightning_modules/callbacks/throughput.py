@@ -16,6 +16,9 @@ figure includes the warm-up and must be marked as such wherever it is shown.
 
 `loop_step_ms` is the median training interval (steady batches): the loop's wall time per step,
 beside `model_step_ms` (callbacks/step_time.py), the forward + backward + optimizer time alone.
+The meter also drives StepTime and PeakMemory (callbacks/memory.py) and returns their fields:
+Lightning calls every hook of every callback in the Trainer on every step, overridden or not,
+through a profiler context, so each extra callback costs the loop time on every step.
 
 On a CPU-only machine the meter also undoes one per-step cost that importing Lightning adds
 (`nvml_check_off`), so the clock measures training, not a failing driver probe.
@@ -31,8 +34,10 @@ from dataclasses import dataclass, field
 import pytorch_lightning as pl
 import torch
 
+from .memory import PeakMemory
 from .method_hooks import MethodHooks
 from .record_fields import RecordFields
+from .step_time import StepTime
 
 
 @dataclass
@@ -107,9 +112,35 @@ class ThroughputMeter(RecordFields):
         self.warmup_steps = warmup_steps
         self.train = _Clock(warmup_steps)
         self.test = _Clock(warmup_steps)
+        self.parts = (StepTime(warmup_steps), PeakMemory())  # driven from this callback's hooks
 
     def setup(self, trainer, pl_module, stage):
         nvml_check_off()
+
+    def _parts(self, hook: str, trainer, pl_module, *args) -> None:
+        for part in self.parts:
+            getattr(part, hook)(trainer, pl_module, *args)
+
+    def on_fit_start(self, trainer, pl_module):
+        self._parts("on_fit_start", trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module):
+        self._parts("on_fit_end", trainer, pl_module)
+
+    def on_train_start(self, trainer, pl_module):
+        self._parts("on_train_start", trainer, pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._parts("on_train_batch_start", trainer, pl_module, batch, batch_idx)
+
+    def on_train_end(self, trainer, pl_module):
+        self._parts("on_train_end", trainer, pl_module)
+
+    def on_test_start(self, trainer, pl_module):
+        self._parts("on_test_start", trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module):
+        self._parts("on_test_end", trainer, pl_module)
 
     @staticmethod
     def _now(pl_module: pl.LightningModule) -> float:
@@ -153,4 +184,7 @@ class ThroughputMeter(RecordFields):
                 "loop_step_ms": self.train.median_ms()}
 
     def fields(self, trainer: pl.Trainer) -> dict:
-        return self.summary(trainer.world_size)
+        out = self.summary(trainer.world_size)
+        for part in self.parts:
+            out.update(part.fields(trainer))
+        return out
