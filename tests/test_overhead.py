@@ -66,20 +66,31 @@ class SlowStep(Method):
         time.sleep(self.sleep)
 
 
-def test_model_step_time_brackets_forward_to_optimizer_step_and_not_loading():
-    load, step = 0.05, 0.02
+class SlowBetween(pl.Callback):
+    """Sleeps between backward's end and the optimizer (Lightning's closure machinery's place)."""
+
+    def __init__(self, sleep: float):
+        self.sleep = sleep
+
+    def on_after_backward(self, trainer, pl_module):
+        time.sleep(self.sleep)
+
+
+def test_model_step_time_is_forward_backward_optimizer_not_loading_nor_the_loop_between():
+    load, step, between = 0.05, 0.02, 0.03
     x, y = data()
     meter = ThroughputMeter(warmup_steps=2)  # drives StepTime and PeakMemory
     m = module(torch.nn.Linear(8, 4), SlowStep(step))
-    t = trainer(callbacks=[meter])
+    t = trainer(callbacks=[meter, SlowBetween(between)])  # called after the meter's span closed
     t.fit(m, train_dataloaders=SlowLoader(x, y, 32, shuffle=True, sleep=load))
     f = meter.fields(t)
     model_ms, loop_ms = f["model_step_ms"], f["loop_step_ms"]
     st = next(p for p in meter.parts if isinstance(p, StepTime))
     assert len(st.ms) == 10 - 2 and len(meter.train.steady_dts) == 10 - 2  # same warm-up, same steps
     assert model_ms >= 1000 * step  # the method's after_step runs inside the bracket
-    # every step's loop interval holds its model step plus the batch's loading, so the medians too
-    assert loop_ms >= model_ms + 1000 * load
+    # every step's loop interval holds its model step, the batch's loading and the time between
+    # backward and the optimizer, so the medians too
+    assert loop_ms >= model_ms + 1000 * (load + between)
     assert not m._forward_pre_hooks  # the hooks are removed after fit: test/eval is not timed
 
 

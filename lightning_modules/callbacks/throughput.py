@@ -133,6 +133,15 @@ class ThroughputMeter(RecordFields):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._parts("on_train_batch_start", trainer, pl_module, batch, batch_idx)
 
+    def on_before_backward(self, trainer, pl_module, loss):
+        self._parts("on_before_backward", trainer, pl_module, loss)
+
+    def on_after_backward(self, trainer, pl_module):
+        self._parts("on_after_backward", trainer, pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._parts("on_before_optimizer_step", trainer, pl_module, optimizer)
+
     def on_train_end(self, trainer, pl_module):
         self._parts("on_train_end", trainer, pl_module)
 
