@@ -202,7 +202,24 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
         "compute dtype": df.get("compute_dtype", pd.Series("-", index=df.index)).fillna("-"),
         **_cost_columns(df),
     })
-    return with_deployed(out[COLUMNS], df)
+    return with_deployed(with_step_and_memory(out[COLUMNS], df), df)
+
+
+def with_step_and_memory(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """After the training throughput, where any record has them: the median model-only step
+    (forward + backward + optimizer, `model_step_ms`) against the loop's (`loop_step_ms`), and the
+    training peak memory (`peak_train_mem_bytes`, what `mem_measure` says it is)."""
+    if "model_step_ms" not in df or df.model_step_ms.isna().all():
+        return out
+    col = lambda k: df.get(k, pd.Series(float("nan"), index=df.index))  # noqa: E731
+    ms = lambda v: "-" if pd.isna(v) else f"{v:.2f}"  # noqa: E731
+    at = out.columns.get_loc("Thruput. (Training)") + 1
+    out = out.copy()
+    out.insert(at, "Step ms (model / loop)", [f"{ms(m)} / {ms(lp)}" for m, lp in
+                                              zip(col("model_step_ms"), col("loop_step_ms"))])
+    out.insert(at + 1, "Train peak mem", [human_bytes(b) + ("" if pd.isna(k) else f" ({k})")
+                                          for b, k in zip(col("peak_train_mem_bytes"), col("mem_measure"))])
+    return out
 
 
 def _cost_columns(df: pd.DataFrame) -> dict[str, list[str]]:

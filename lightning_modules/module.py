@@ -36,7 +36,9 @@ class CompressionModule(pl.LightningModule):
         self.diverged = False
         self.compute_dtype: str | None = None  # dtype of the logits in the first training step
         self.test_samples = torch.zeros((), dtype=torch.long)  # summed over ranks in on_test_epoch_end
-        self._bad_loss = False
+        # a device flag, set by any non-finite training loss since the last divergence check: no
+        # host sync per step (on GPU); read and reduced over ranks every log_every_n_steps steps
+        self._nonfinite = torch.zeros((), dtype=torch.bool)
         # one MethodHooks for the module's life: fit and test attach the same object, so its
         # compression_s survives until the record is written
         self.hooks = MethodHooks(method)
@@ -52,15 +54,30 @@ class CompressionModule(pl.LightningModule):
         loss = self.method.loss(logits, y, batch)
         if loss is None:
             loss = F.cross_entropy(logits, y)
-        self._bad_loss = not bool(torch.isfinite(loss.detach()))
-        # Lightning's logging costs ~0.2 ms a call: log on the steps the logger writes anyway
+        if self._nonfinite.device != loss.device:
+            self._nonfinite = self._nonfinite.to(loss.device)
+        torch.logical_or(self._nonfinite, ~torch.isfinite(loss.detach()), out=self._nonfinite)
+        # Lightning's logging costs ~0.2 ms a call: log on the steps the logger writes anyway. A
+        # progress-bar value is converted to a Python number (.item(), a CUDA sync) on every step
+        # after the first log, so only where a progress bar shows it
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss", loss, on_step=True, on_epoch=False,
+                     prog_bar=self.trainer.progress_bar_callback is not None)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        # a NaN/inf loss on any rank stops every rank; the run ends with status "diverged"
-        if self.trainer.strategy.reduce_boolean_decision(self._bad_loss, all=False):
+        # a NaN/inf loss on any rank stops every rank within log_every_n_steps steps (one host read
+        # and, under DDP, one collective per check, on the steps that log anyway); the run ends
+        # with status "diverged"
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            self._check_divergence()
+
+    def on_train_end(self):
+        self._check_divergence()  # the steps since the last check (every rank calls it)
+
+    def _check_divergence(self) -> None:
+        bad = bool(self._nonfinite)
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             self.diverged = True
             self.trainer.should_stop = True
 
