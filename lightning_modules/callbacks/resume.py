@@ -199,9 +199,10 @@ def _unusable(path: Path, config_hash: str) -> str | None:
     except Exception as e:  # a truncated or damaged archive, or content that is not plain data
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     own = (ckpt.get("callbacks") or {}).get(ResumeCheckpoint.__qualname__)
-    if not isinstance(own, dict) or own.get("config_hash") != config_hash:
-        return (f"written by a run of another config (config_hash {own.get('config_hash') if isinstance(own, dict) else None}, "
-                f"this run {config_hash}); delete it or set resume=never to start afresh")
+    theirs = own.get("config_hash") if isinstance(own, dict) else None
+    if theirs != config_hash:
+        return (f"written by a run of another config (config_hash {theirs}, this run {config_hash}); "
+                "delete it or set resume=never to start afresh")
     return None
 
 
