@@ -26,10 +26,12 @@ def test_every_yaml_composes(hydra_ctx, group, choice):
         assert cfg[group].name == choice
     if group == "suite":
         assert cfg.suite.name == choice
-        from benchmarks.suite import expand
+        from benchmarks.suite import expand, spliced
         for spec in cfg.suite.runs:  # every run of a suite composes too
-            for run in expand(list(spec)):
+            for run in expand(spliced(spec)):
                 overrides = [*cfg.suite.common, *run]
+                if any("@layer" in o or "@alloc(" in o for o in overrides):
+                    continue  # generated runs: tests/test_sensitivity.py, test_mixed_precision_suite.py
                 data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
                 if data and data[-1] not in choices("data"):  # the GPU suites' data=cifar10
                     pytest.skip(f"suite {choice}: data={data[-1]} is not in conf/data on this branch")
