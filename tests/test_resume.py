@@ -1,7 +1,7 @@
 """Resume after kill -9 and after SLURM preemption: the final top1 and the exported file's bytes
 equal an uninterrupted run's with the same seed (the contract of callbacks/resume.py).
 
-Each run is train.py in its own process; `LWB_KILL_AT=<point>` (lightning_modules/faults.py)
+Each run is train.py in its own process; `LWB_KILL_AT=<point>` (lightning_modules/compression/faults.py)
 makes it SIGKILL itself at a named point: before the first checkpoint, mid-epoch, during a
 pruning step, during the model file's export. Then the same command is run again, as a user (or
 the suite) would, and continues from the run directory's newest valid checkpoint.

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .. import faults
+from ..compression import faults
 from ..compression.errors import ConfigError
 from .record_fields import RecordFields
 

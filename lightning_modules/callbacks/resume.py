@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
-from .. import faults
+from ..compression import faults
 
 log = logging.getLogger("harness")
 PATTERN = re.compile(r"resume-s(\d+)\.ckpt")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .. import faults
+from . import faults
 from .errors import FileFormatError
 
 MAGIC = b"LWBFILE\n"
