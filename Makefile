@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUITE ?= documents
 RESULTS ?= results
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 DATA_DIR ?=
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
@@ -41,11 +42,11 @@ browser:  ## Debian's chromium + chromium-driver (the report test renders the pa
 		else echo "no chromium: the report's browser test will be skipped (apt-get install chromium chromium-driver)"; fi; \
 	fi
 
-test: install browser  ## run the test suite (CPU, a few minutes)
-	$(PY) -m pytest -q
+test: install browser  ## run the test suite (CPU; TEST_WORKERS=N processes, default one per core, one torch thread each)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install  ## the tests without the `slow` (processes, browser, Trainer fits) and `gpu` ones
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not gpu"
 
 gpu-check: install  ## on a GPU machine: every GPU path once (< 10 min, results/tables/gpu_check.md), then the `gpu` tests
 	$(PY) -m benchmarks.gpu_check --results-dir $(RESULTS); rc=$$?; \

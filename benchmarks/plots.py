@@ -19,6 +19,17 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path, legend: dict | None = None) -> Path:
+    """The figure's tail: the legend (`legend`: its keyword arguments; None for none), a tight
+    layout, the PNG at `path`, the figure closed (matplotlib keeps open figures alive)."""
+    if legend is not None:
+        fig.axes[0].legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def slug(name: str) -> str:
     """A suite name as a file name and HTML id: letters, digits, `_`, `-`, `.`."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
@@ -67,11 +78,7 @@ def plot_front(name: str, df: pd.DataFrame, path: Path, x: str, y: str, x_scale:
     ax.set_ylabel("Precision@1 (%)")
     ax.set_title(f"{name}: {title}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")  # away from the points
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, {"fontsize": 7, "loc": "best"})  # the legend away from the points
 
 
 def point_label(r) -> str:
@@ -125,11 +132,7 @@ def plot_sensitivity(name: str, df: pd.DataFrame, path: Path) -> Path | None:
     ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("validation P@1 drop from FP32 (points)")
     ax.set_title(f"{name}: one layer quantized, the others full precision", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, {"fontsize": 7})
 
 
 def plot_footprint(name: str, df: pd.DataFrame, path: Path) -> Path | None:
@@ -176,10 +179,7 @@ def plot_heatmap(name: str, df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_title(label, fontsize=9)
         fig.colorbar(im, ax=ax, label="Precision@1 (%)")
     fig.suptitle(f"{name}: Precision@1 (%), W bits (rows) x A bits (columns)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_throughput(name: str, df: pd.DataFrame, path: Path) -> Path | None:
@@ -198,11 +198,7 @@ def plot_throughput(name: str, df: pd.DataFrame, path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("throughput relative to the model's FP32 run (×)")
     ax.set_title(f"{name}: throughput relative to FP32", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, {"fontsize": 7})
 
 
 PLOTS = {"footprint": ("Precision@1 against footprint", plot_footprint),

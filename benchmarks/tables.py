@@ -149,13 +149,16 @@ def mixed(layer_bits) -> bool:
 
 def deploy_kind(rec: dict) -> str:
     """What the deploy step ran: `binary avx2|avx512` (packed-bit kernels), `onnx int8` (ONNX Runtime, some
-    layers on its integer kernels), `onnx fp32`, or `none`."""
+    layers on its integer kernels), `onnx fp32`, or `none`; ONNX Runtime on another provider than the
+    CPU's is named (`onnx int8 CUDA`)."""
     backend = rec["deploy_backend"]
     if backend == "binary" and rec.get("deploy_isa"):
         return f"binary {rec['deploy_isa']}"
     if backend != "onnx":
         return backend
-    return "onnx int8" if "int8" in (rec.get("deploy_layers") or {}).values() else "onnx fp32"
+    kind = "onnx int8" if "int8" in (rec.get("deploy_layers") or {}).values() else "onnx fp32"
+    provider = rec.get("deploy_provider") or "CPUExecutionProvider"
+    return kind if provider == "CPUExecutionProvider" else f"{kind} {provider.removesuffix('ExecutionProvider')}"
 
 
 DEPLOYED = "Deployed test ×FP32 (backend)"

@@ -67,11 +67,25 @@ def test_dorefa_run_deploys_integer_onnx_with_integer_operators(dorefa_run):
     check_common(rec)
     assert rec["deploy_backend"] == "onnx" and rec["deploy_file"].endswith("model.onnx")
     assert rec["deploy_agreement"] >= 0.995
+    import onnxruntime as ort  # the provider that ran it is ONNX Runtime's first available one
+    assert rec["deploy_provider"] == next(p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                                          if p in ort.get_available_providers())
     int8 = [n for n, kind in rec["deploy_layers"].items() if kind == "int8"]
     assert len(int8) == sum(layer["bits"]["w"] == 2 for layer in rec["layers"]) > 0
     ops = optimized_ops(Path(rec["deploy_file"]))
     integer = sum(ops[o] for o in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"))
     assert integer == len(int8), ops
+
+
+def test_deploy_kind_names_a_provider_other_than_the_cpu():
+    from benchmarks.tables import deploy_kind
+    rec = {"deploy_backend": "onnx", "deploy_layers": {"a": "int8", "b": "fp32"}}
+    assert deploy_kind(rec) == "onnx int8"  # records before deploy_provider: the CPU
+    assert deploy_kind(rec | {"deploy_provider": "CPUExecutionProvider"}) == "onnx int8"
+    assert deploy_kind(rec | {"deploy_provider": "CUDAExecutionProvider"}) == "onnx int8 CUDA"
+    assert deploy_kind({**rec, "deploy_layers": {"a": "fp32"}, "deploy_provider": "CUDAExecutionProvider"}) \
+        == "onnx fp32 CUDA"
+    assert deploy_kind({"deploy_backend": "binary", "deploy_isa": "avx2"}) == "binary avx2"
 
 
 @pytest.mark.slow

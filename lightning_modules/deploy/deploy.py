@@ -15,7 +15,8 @@ signs of the packed export's weights; the onnx backend writes `model.onnx` from 
 so what is timed is what a user would ship. Record keys (`deploy_*`):
 
 - backend (and for binary the kernel path, `deploy_isa`: avx2, or avx512 where the CPU has
-  VPOPCNTDQ; $LWB_BINARY_ISA=avx2 forces AVX2), file, bytes, sha256 (the file's; `load_deployed`
+  VPOPCNTDQ; $LWB_BINARY_ISA=avx2 forces AVX2; for onnx `deploy_provider`, the execution provider
+  that ran it: CPUExecutionProvider, or CUDAExecutionProvider where present), file, bytes, sha256 (the file's; `load_deployed`
   refuses a file that does not match),
   layers (per layer: binary / int8 / fp32), reason (why a layer or the whole step is not faster)
 - top1, top5 on the test images the run was tested on (up to `deploy.max_samples`)
@@ -74,8 +75,9 @@ class Deployed:
     """A runnable deployed model: `__call__(x) -> logits` on CPU float32 tensors."""
 
     def __init__(self, backend: str, fn: Callable[[torch.Tensor], torch.Tensor], file: Path,
-                 layers: dict[str, str], reason: str | None):
+                 layers: dict[str, str], reason: str | None, provider: str | None = None):
         self.backend, self.fn, self.file, self.layers, self.reason = backend, fn, Path(file), layers, reason
+        self.provider = provider  # the ONNX Runtime execution provider that runs it (onnx only)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -91,9 +93,15 @@ def torch_fn(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def onnx_fn(path: Path | bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The session's logits as a function; `fn.provider` is the execution provider ONNX Runtime
+    chose first (CUDA where present, else CPU)."""
     from .onnx_export import ort_session, run as ort_run
     session = ort_session(path, threads=threads)
-    return lambda x: ort_run(session, x)
+
+    def fn(x):
+        return ort_run(session, x)
+    fn.provider = session.get_providers()[0]
+    return fn
 
 
 def binary_model(net: nn.Module, model_file: Path, threads: int) -> Deployed:
@@ -114,7 +122,8 @@ def binary_model(net: nn.Module, model_file: Path, threads: int) -> Deployed:
 def onnx_model(net: nn.Module, shape: tuple[int, int, int], path: Path, threads: int) -> Deployed:
     from .onnx_export import export_onnx
     info = export_onnx(net, shape, path, integer=True)
-    return Deployed("onnx", onnx_fn(path, threads), path, info["layers"], _reasons(info["reasons"]))
+    fn = onnx_fn(path, threads)
+    return Deployed("onnx", fn, path, info["layers"], _reasons(info["reasons"]), provider=fn.provider)
 
 
 def _reasons(reasons: dict[str, str]) -> str | None:
@@ -270,6 +279,8 @@ def deploy(cfg_deploy, trained: nn.Module, reloaded: nn.Module, float_net: nn.Mo
         "deploy_samples": len(x), "deploy_rounds": int(cfg_deploy.rounds),
         **speed_fields(times, len(timed)),
     })
+    if deployed.provider is not None:
+        fields["deploy_provider"] = deployed.provider  # CUDAExecutionProvider on a GPU machine
     if deployed.backend == "binary":
         from .binary import isa
         fields["deploy_isa"] = isa()  # the kernel path: avx512 (VPOPCNTDQ) where the CPU has it, else avx2
