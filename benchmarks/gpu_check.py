@@ -233,7 +233,7 @@ def dali_mixed(ctx: Ctx) -> tuple[bool, str]:
                    f"nvidia-dali-cuda120` (Linux x86_64/aarch64)")
     from datamodules.dali import ImageNetDALIDataModule
     from datamodules.imagenet import MEAN, STD
-    from tests.image_fixtures import identify, write_imagefolder  # flat-colour JPEGs, their ids
+    from benchmarks.image_files import identify, write_imagefolder  # flat-colour JPEGs, their ids
     n = 20  # validation images per class (2 classes; the fixture's colours allow 48 images in all)
     written = write_imagefolder(ctx.work / "imagenet", per_class=4, val_per_class=n, size=(500, 375))["val"]
     want = sorted((i, c) for _, c, i in written)  # (image id, label); the loader's order is the file names'

@@ -8,7 +8,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.image_fixtures import write_cifar, write_imagefolder
+from benchmarks.image_files import write_cifar, write_imagefolder
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda120)")
 # imported here, before the fork: the two ranks start in a second instead of importing torch,
@@ -22,7 +22,7 @@ def _worker(rank: int, world: int, init: str, root: str, out: str):
     from datamodules.cifar import CIFARDataModule
     from datamodules.dali import CIFARDALIDataModule, ImageNetDALIDataModule
     from datamodules.imagenet import MEAN, STD
-    from tests.image_fixtures import identify
+    from benchmarks.image_files import identify
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:

@@ -54,7 +54,7 @@ def test_three_ddp_processes_count_each_test_image_once(tmp_path, fmnist):
 def test_three_ddp_processes_count_each_cifar_test_image_once(tmp_path):
     # the DataLoader path (CIFAR, ImageNet): 20 test images on 3 ranks (7, 7, 6), batches of 3:
     # 3, 3 and 2 batches; ResNet-8's BatchNorm buffers make DDP broadcast on the first test batch
-    from tests.image_fixtures import write_cifar
+    from benchmarks.image_files import write_cifar
     write_cifar(tmp_path / "cifar", n_train=40, n_test=20)
     p = train(["data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.download=false", "data.val_size=8",
                "data.num_workers=0", "data.batch_size=4", "data.eval_batch_size=3", "model=resnet8",

@@ -11,7 +11,7 @@ from datamodules.cifar import STATS, CIFARDataModule, ensure_files
 from datamodules.common import DataError
 from datamodules.imagenet import MEAN, STD, ImageNetDataModule, scan
 from datamodules.synthetic import SyntheticDataModule
-from tests.image_fixtures import identify, write_cifar, write_imagefolder
+from benchmarks.image_files import identify, write_cifar, write_imagefolder
 
 dali = pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda120)")
 from datamodules.dali import CIFARDALIDataModule, ImageNetDALIDataModule  # noqa: E402

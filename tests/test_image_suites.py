@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from benchmarks.suite import expand
 from lightning_modules.config_check import normalize_overrides
 from tests.conftest import REPO, only_record, train
-from tests.image_fixtures import write_cifar, write_imagefolder
+from benchmarks.image_files import write_cifar, write_imagefolder
 
 def _runs(name, root):
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):

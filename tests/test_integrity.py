@@ -18,7 +18,7 @@ from lightning_modules.config_check import ConfigError
 from lightning_modules.earlier_runs import load_run
 from lightning_modules.models import MLP
 from tests.compression.test_distill import make_run
-from tests.image_fixtures import write_cifar
+from benchmarks.image_files import write_cifar
 
 
 class Payload:

@@ -1,4 +1,5 @@
-"""Fixture datasets in the real on-disk formats, written by the tests themselves.
+"""Small datasets in the real on-disk formats, written where CIFAR / ImageNet cannot be downloaded:
+by the tests (their fixtures) and by `benchmarks.gpu_check` (the DALI decode check).
 
 CIFAR: torchvision's python pickle batches (`cifar-10-batches-py/data_batch_1..5`, `test_batch`,
 `batches.meta`; `cifar-100-python/train`, `test`, `meta`). ImageFolder: `train/<wnid>/*.JPEG`,
