@@ -112,6 +112,11 @@ def test_resume_never_starts_afresh(tmp_path):
     # right after the pruning step (resumes from step 6, prunes again), then at step 20 (resumes
     # from step 18: masks, codebooks and assignments come from the checkpoint)
     ("deep_compression", ["method=deep_compression", "trainer.max_epochs=3"], ["method_step", "step:20"]),
+    # EM at the start of epoch 2 (step 8) on the latest 4 training batches, then distillation from
+    # the teacher: killed at step 7 (resumes from step 6: the batches of steps 3-6 come from the
+    # checkpoint), then at step 11 (resumes from step 9: the teacher comes from the checkpoint)
+    ("pq", ["method=pq", "method.centroids=16", "method.em_iters=3", "method.calibration_batches=4",
+            "trainer.max_epochs=2"], ["step:7", "step:11"]),
 ])
 def test_methods_resume_to_the_uninterrupted_result(tmp_path, method, extra, kills):
     args = [*BASE, *extra]

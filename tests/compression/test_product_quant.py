@@ -14,7 +14,8 @@ from torch import nn
 from dc_helpers import outputs, sgd_steps
 from lightning_modules.compression.errors import FileFormatError
 from lightning_modules.compression.quantization.pq import ProductQuant, payload
-from lightning_modules.compression.quantization.product import block_gram, em, objective, pq_of, rows, subvectors
+from lightning_modules.compression.quantization.product import (CALIBRATION, block_gram, em, objective, pq_of, rows,
+                                                                 subvectors)
 from lightning_modules.config_check import ConfigError
 from lightning_modules.models import CifarResNet, LeNet5
 
@@ -276,3 +277,44 @@ def test_train_py_run_quantizes_and_reloads(tmp_path, fmnist):
         pred = net(fmnist.x_test[:500]).argmax(1)
     assert (pred == fmnist.y_test[:500]).float().mean().item() == pytest.approx(rec["top1"], abs=1e-6)
     assert math.isfinite(rec["test_it_s"])
+
+
+def test_method_state_holds_the_calibration_inputs_and_the_teacher_through_weights_only():
+    """A mid-run checkpoint's method state: before the EM step the calibration inputs gathered so
+    far, after it the teacher (the net as it was at the step), both restored onto a fresh run's net
+    from a weights_only load."""
+    def fresh():
+        m = ProductQuant(centroids=16, interval="step", start=3, em_iters=3, calibration_batches=2)
+        return m, m.apply(LeNet5())
+
+    def through_file(state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        buf.seek(0)
+        return torch.load(buf, weights_only=True)
+
+    torch.manual_seed(0)
+    method, net = fresh()
+    seen = [torch.randn(4, 1, 28, 28) for _ in range(3)]
+    for x in seen:
+        net(x)
+    before = through_file(method.state_dict())
+    assert [torch.equal(a, b) for a, b in zip(before["calibration"], seen[1:])] == [True, True]
+    m2, net2 = fresh()
+    m2.load_state_dict(before)
+    kept = getattr(net2, CALIBRATION)
+    assert kept.maxlen == 2 and all(torch.equal(a, b) for a, b in zip(kept, seen[1:]))
+
+    method.on_time(net, 3, "step")  # the EM step: teacher copied, inputs dropped
+    after = through_file(method.state_dict())
+    assert after["teacher"] is not None and after["calibration"] == [] and after["history"]
+    m3, net3 = fresh()
+    net3.load_state_dict(net.state_dict())
+    m3.load_state_dict(after)
+    x = torch.randn(5, 1, 28, 28)
+    assert torch.equal(m3.teacher(x), method.teacher(x)) and m3.done == method.done
+    assert m3.loss(net3(x), None, (x, None)) is not None
+    missing = dict(after)
+    del missing["teacher"]
+    with pytest.raises(FileFormatError, match="teacher"):
+        fresh()[0].load_state_dict(missing)

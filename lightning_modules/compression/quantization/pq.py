@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ class ProductQuant(Method):
         self.names: list[str] = []
         self.history: dict[str, list[float]] = {}  # J after every E-step, per layer
         self.teacher: nn.Module | None = None
+        self._model = lambda: None  # a weak reference to the net `apply` returned (the run's)
 
     def block_of(self, name: str, module: nn.Module, d) -> int:
         """d (an integer or "kernel") for this layer; ConfigError if it does not divide the
@@ -90,6 +92,7 @@ class ProductQuant(Method):
                 k = min(self.k, 2 ** int(math.log2(n)))
                 parametrize.register_parametrization(m, "weight", ProductQuantized(m.weight.shape, k, d))
         self.names = list(chosen)
+        self._model = weakref.ref(model)
         if not hasattr(model, CALIBRATION):
             setattr(model, CALIBRATION, deque(maxlen=self.calibration_batches))
             model.register_forward_pre_hook(_remember_input)
@@ -97,6 +100,38 @@ class ProductQuant(Method):
 
     def step(self, model: nn.Module, t: int) -> None:
         self.quantize(model)
+
+    # a mid-run checkpoint (callbacks/resume.py) holds what the EM step and the fine-tuning read
+    # besides the net: the calibration inputs gathered so far (before the step), the teacher (the
+    # net as it was at the step, for distillation after it) and the EM objective's history
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        model = self._model()
+        kept = getattr(model, CALIBRATION, None) if model is not None else None
+        out["calibration"] = None if kept is None else [x.detach().cpu() for x in kept]
+        out["calibration_maxlen"] = None if kept is None else kept.maxlen
+        out["teacher"] = None if self.teacher is None else \
+            {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
+        out["history"] = copy.deepcopy(self.history)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        missing = [k for k in ("calibration", "calibration_maxlen", "teacher", "history") if k not in state]
+        if missing:
+            raise FileFormatError(f"method {self.name}: checkpoint lacks its state {missing[0]!r}")
+        model = self._model()
+        if model is None:
+            raise RuntimeError("product quantization: load_state_dict before apply")
+        device = next(model.parameters()).device
+        self.history = copy.deepcopy(state["history"])
+        if state["calibration"] is not None:
+            setattr(model, CALIBRATION, deque([x.to(device) for x in state["calibration"]],
+                                              maxlen=state["calibration_maxlen"]))
+        self.teacher = None
+        if state["teacher"] is not None:  # the same structure as at the step: the net made plain
+            self.teacher = _plain(copy.deepcopy(model)).eval().requires_grad_(False)
+            self.teacher.load_state_dict(state["teacher"])
 
     @torch.no_grad()
     def quantize(self, model: nn.Module) -> None:
