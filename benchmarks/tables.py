@@ -16,6 +16,7 @@ the closest published row, named with its model and dataset, without Δ).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +34,23 @@ COLUMNS = ["Bitwidth/method", "model", "Thruput. (Training)", "Thruput. (Test)",
            "FLOPs", "BOPs"]
 
 
+# the run-name tag of a mixed-precision allocation (benchmarks.mixed_precision.expand_alloc:
+# `-mixed-<kind><value>` before the `-s<seed>` end)
+MIXED_RUN = re.compile(r"-mixed-(bops|bytes)([0-9.e+-]+?)(?:-s\d+)?$")
+
+
 def label(rec: dict) -> str:
-    """`FP (16) w/ LS` for full-precision methods, `<method label> (W,A,G)` for the others."""
+    """`FP (16) w/ LS` for full-precision methods, `<method label> (W,A,G)` for the others,
+    `<method label> mixed (<budget>, G)` for a run whose per-layer bits an @alloc budget chose
+    (its bits per layer are in the table's W/A column)."""
     prec = PRECISION_LABELS.get(rec["precision"], rec["precision"])
     if rec["method"] == "fp32":
         return prec
     b = rec["bits"]
     name = rec.get("method_label") or rec["method"]
-    out = f"{name} ({b['w']},{b['a']},{b['g']})"
+    budget = MIXED_RUN.search(rec.get("run_name") or "")
+    out = f"{name} mixed ({budget.group(1)} {budget.group(2)}, G{b['g']})" if budget \
+        else f"{name} ({b['w']},{b['a']},{b['g']})"
     return out if rec["precision"] == "32" else f"{out}, {prec}"
 
 

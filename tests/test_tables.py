@@ -189,3 +189,29 @@ def test_deployed_latency_plot_only_with_deploy_records(tmp_path):
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.plot_deployed("s", tables.frame(RECORDS), tmp_path / "none.png") is None
     assert plots.pareto([(1000 / (100.0 * w), 0.5 + 0.01 * w) for w in (1, 2, 4)]) == [2]
+
+
+@pytest.mark.parametrize("run_name, want", [
+    ("lenet5-dorefa-W8A8G32-32-mixed-bops0.1-s0", "DoReFa-Net mixed (bops 0.1, G32)"),
+    ("lenet5-dorefa-W8A8G32-32-mixed-bytes20000-s2", "DoReFa-Net mixed (bytes 20000, G32)"),
+    ("lenet5-dorefa-W8A8G32-32-mixed-bops1e-05-s0", "DoReFa-Net mixed (bops 1e-05, G32)"),
+    ("lenet5-dorefa-W8A8G32-32-s0", "DoReFa-Net (8,8,32)"),
+    ("lenet5-dorefa-mixedup-W8A8G32-32-s0", "DoReFa-Net (8,8,32)"),
+])
+def test_a_run_whose_bits_a_budget_chose_is_labelled_by_the_budget(run_name, want):
+    """The run-name tag of benchmarks.mixed_precision.expand_alloc names the row, not the base bits."""
+    rec = {"precision": "32", "method": "dorefa", "method_label": "DoReFa-Net", "run_name": run_name,
+           "bits": {"w": 8, "a": 8, "g": 32}}
+    assert tables.label(rec) == want
+
+
+def test_the_mixed_run_tag_is_the_one_expand_alloc_writes():
+    from omegaconf import OmegaConf
+
+    from benchmarks.sensitivity import named_run
+    cfg = OmegaConf.create({"run_name": "${model.name}-${method.name}-W8A8G32-32-s${seed}"})
+    (name,) = [o.partition("=")[2] for o in named_run(["method=dorefa"], cfg, "mixed-bops0.25")
+               if o.startswith("run_name=")]
+    rec = {"precision": "32", "method": "dorefa", "method_label": "D", "bits": {"w": 8, "a": 8, "g": 32},
+           "run_name": name.replace("${model.name}", "lenet5").replace("${method.name}", "dorefa").replace("${seed}", "1")}
+    assert tables.label(rec) == "D mixed (bops 0.25, G32)"
