@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.compression.quantization.lsq import LSQQuantizer
+from lightning_modules.compression.quantization.lsq import LSQQuantizer, PACTQuantizer
 from lightning_modules.compression.quantization.methods import LSQ, PACT, LSQPlus
 from lightning_modules.compression.quantization.ptq import PTQ, FakeQuant, act_grid
-from lightning_modules.compression.quantization.qlayers import QConv2d
+from lightning_modules.compression.quantization.qlayers import QConv2d, QLinear
 from lightning_modules.deploy.onnx_export import export_onnx, optimized_ops, ort_session, run
 from lightning_modules.models import LeNet5
 
@@ -152,3 +152,35 @@ def test_zero_padding_is_the_zero_point_and_a_perturbed_step_is_caught(act, tmp_
         (q.step if isinstance(q, LSQQuantizer) else q.scale).mul_(1.001)
     bad = run(ort_session(export_onnx(net, (4, 6, 6), tmp_path / "bad.onnx")["file"]), x)
     assert (bad - ref).abs().max() > 1e-3 * scale
+
+
+def pact_act():
+    return PACTQuantizer(4, alpha=2.9)  # an alpha where x / (alpha / n) rounds differently at ties
+
+
+K = torch.arange(-40, 300, dtype=torch.float32) + 0.5
+
+
+@pytest.mark.parametrize("act,half", [(lambda: lsq_act(True), lambda: K * 0.3), (lambda: lsq_act(False), lambda: K * 0.3),
+                                      (lambda: fake_act(37), lambda: K * 0.02),
+                                      (pact_act, lambda: K / (15.0 / torch.tensor(2.9)))],
+                         ids=["lsq_signed", "lsq_unsigned", "fakequant", "pact"])
+def test_activation_codes_equal_torchs_at_rounding_ties(act, half, tmp_path):
+    """Inputs at and one ulp around every half step (k + 1/2) s (PACT: (k + 1/2) / (n / alpha)),
+    and past the clip range: behind identity weights each output is q_a s_a alone, so ORT's codes
+    must be torch's exactly (LSQ/FakeQuant's quotient x / s, not x (1/s); PACT's product
+    x (n / alpha), not x / (alpha / n); round half to even)."""
+    n = 64
+    w = FakeQuant(-7, 7, channels=n, dims=2)  # scale 1: W_q = I, m = I, s_w = 1
+    layer = QLinear(n, n, bias=False, weight_quant=w, act_quant=act())
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(n))
+    half = half()
+    x = torch.cat([half, torch.nextafter(half, torch.tensor(-1e9)), torch.nextafter(half, torch.tensor(1e9))])
+    x = torch.cat([x, torch.zeros((-len(x)) % n)]).reshape(-1, n)
+    net = nn.Sequential(layer).eval()
+    info = export_onnx(net, (n,), tmp_path / "id.onnx")
+    assert info["layers"] == {"0": "int8"}
+    with torch.no_grad():
+        ref = net(x)
+    assert torch.equal(run(ort_session(info["file"]), x), ref)
