@@ -161,7 +161,8 @@ def pact_act():
 K = torch.arange(-40, 300, dtype=torch.float32) + 0.5
 
 
-@pytest.mark.parametrize("act,half", [(lambda: lsq_act(True), lambda: K * 0.3), (lambda: lsq_act(False), lambda: K * 0.3),
+@pytest.mark.parametrize("act,half", [(lambda: lsq_act(True), lambda: K * 0.3),
+                                      (lambda: lsq_act(False), lambda: K * 0.3),
                                       (lambda: fake_act(37), lambda: K * 0.02),
                                       (pact_act, lambda: K / (15.0 / torch.tensor(2.9)))],
                          ids=["lsq_signed", "lsq_unsigned", "fakequant", "pact"])

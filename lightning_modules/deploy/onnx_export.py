@@ -44,8 +44,9 @@ The grids (n = 2^k - 1):
   (2 max q_a max |m| > 32767, e.g. 8-bit activations with 8-bit weights) stays float.
 
 Everything else (DoReFa/uniform 8-bit weights, whose odd codes span [-255, 255]; TTQ, pow2,
-LQ-Nets; LSQ+ with an offset; any layer with float inputs) exports as float Conv/Gemm with W_q baked in, its act
-quantizer as float ops; the returned dict and the file's metadata say which and why.
+LQ-Nets; LSQ+ with an offset; any layer with float inputs) exports as float Conv/Gemm with W_q
+baked in, its act quantizer as float ops (a module quantizer: traced as it is); the returned
+dict and the file's metadata say which and why.
 The TorchScript exporter is used: an autograd.Function's `symbolic` emits the integer subgraph
 node by node (the dynamo exporter would need an onnxscript custom-op translation for the same).
 """
@@ -113,24 +114,22 @@ def _module_act_grid(q: nn.Module) -> tuple[str, tuple] | str:
         if not alpha > 0:
             return f"PACT alpha={float(alpha)} is not positive"
         return ("pact", (float(alpha), float(n / alpha), float(alpha / n)))
+    step = (q.step if isinstance(q, LSQQuantizer) else q.scale).detach().float().cpu()
+    if step.numel() != 1:
+        return f"{name} has {step.numel()} activation steps: per-channel activation scales"
     if isinstance(q, LSQQuantizer):
         if q.offset is not None:
             return "LSQ+ offset beta: torch pads the conv input with 0, not beta (no integer zero point)"
         if not q._ready:
             return "LSQ activation step not initialised"
-        step = q.step.detach().float().cpu()
         qn, qp = q.range()
         z, lo, hi = qn, -qn, qp
     else:
-        step, zp = q.scale.detach().float().cpu(), q.zero_point.detach().float().cpu()
-        if step.numel() != 1:
-            return f"{name} has {step.numel()} activation steps: per-channel activation scales"
+        zp = q.zero_point.detach().float().cpu()
         if zp.numel() != 1 or zp.item() != round(zp.item()) or not q.qmin <= zp.item() <= q.qmax:
             return f"{name} zero point {zp.flatten().tolist()[:4]} is not one integer code of its grid"
         lo, hi = q.qmin - int(zp.item()), q.qmax - int(zp.item())  # round(clamp(x/s, lo, hi)) = codes - z
         z = -lo  # the uint8 code of 0: codes - qmin
-    if step.numel() != 1:
-        return f"{name} has {step.numel()} activation steps: per-channel activation scales"
     if not step.item() > 0:
         return f"{name} activation step {step.item()} is not positive"
     if lo + z < 0 or hi + z > 255:
@@ -306,7 +305,9 @@ def _signed_codes(x: torch.Tensor, act: str, n) -> torch.Tensor:
 def code_range(grid: tuple[str, object]) -> int:
     """The largest uint8 code q_a of an activation grid (act_grid's tuple)."""
     act, n = grid
-    return {"dorefa": lambda: n, "affine": lambda: n[1] + n[3], "pact": lambda: round(n[1] * n[0])}.get(act, lambda: 2)()
+    if act in ("sign", "xnor"):
+        return 2
+    return n if act == "dorefa" else n[1] + n[3] if act == "affine" else round(n[0] * n[1])  # pact: n
 
 
 def times_s_a(s_w: torch.Tensor, grid: tuple[str, object]) -> torch.Tensor:
