@@ -204,10 +204,15 @@ def test_bad_rule_bits_and_unmatched_rule_one_line():
 
 @pytest.mark.slow
 def test_lsq_trains_through_train_py(tmp_path):
-    p = train([*FAST, "method=lsq", "bits=w2a2g32", "trainer.max_epochs=1"], tmp_path / "results")
+    """... and deploys on ONNX Runtime's integer kernels with the torch model's accuracy."""
+    args = [a for a in FAST if a != "deploy=none"]
+    p = train([*args, "method=lsq", "bits=w2a2g32", "trainer.max_epochs=1", "deploy=onnx"], tmp_path / "results")
     assert p.returncode == 0, p.stderr[-3000:]
     rec = only_record(tmp_path / "results")
     assert rec["status"] == "ok" and rec["method"] == "lsq" and rec["bits"]["w"] == 2
+    assert rec["deploy_backend"] == "onnx" and rec["deploy_layers"]
+    assert set(rec["deploy_layers"].values()) == {"int8"}, rec.get("deploy_reason")
+    assert abs(rec["deploy_top1"] - rec["top1"]) <= 0.001
 
 
 @pytest.mark.slow
