@@ -111,6 +111,25 @@ def git_sha(repo: Path = REPO) -> str | None:
     return (sha + ("-dirty" if dirty else "")) or None
 
 
+def cpu_isa(cpuinfo: str | None = None) -> str | None:
+    """The widest x86 SIMD level /proc/cpuinfo's flags report ("AVX-512 (VNNI, VPOPCNTDQ)",
+    "AVX2", "SSE4.2"), None where there are no such flags (not x86, or no /proc). Two machines
+    that both call themselves "AMD EPYC" can differ here, and so do the speed tables measured on
+    them (the binary kernels and ONNX Runtime's integer kernels pick their code by it)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines()
+                  if line.startswith("flags")), set())
+    if "avx512f" in flags:
+        extra = [name for flag, name in (("avx512_vnni", "VNNI"), ("avx512_vpopcntdq", "VPOPCNTDQ"))
+                 if flag in flags]
+        return "AVX-512" + (f" ({', '.join(extra)})" if extra else "")
+    return "AVX2" if "avx2" in flags else "SSE4.2" if "sse4_2" in flags else None
+
+
 def hardware() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -120,8 +139,9 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
-    hw = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-          "gpu": None, "gpu_count": 0, "platform": platform.platform()}
+    hw = {"cpu": cpu, "cpu_isa": cpu_isa(), "cpu_cores": os.cpu_count(),
+          "torch_threads": torch.get_num_threads(), "gpu": None, "gpu_count": 0,
+          "platform": platform.platform()}
     if torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(0)
         hw["gpu_count"] = torch.cuda.device_count()
@@ -129,9 +149,11 @@ def hardware() -> dict:
 
 
 def hardware_line(hw: dict) -> str:
+    """One line for a table header; records written before `cpu_isa` existed read as before."""
+    cpu = f"{hw['cpu']} with {hw['cpu_isa']}" if hw.get("cpu_isa") else hw["cpu"]
     if hw.get("gpu"):
-        return f"{hw['gpu_count']}x {hw['gpu']}, {hw['cpu']}"
-    return f"{hw['cpu']}, {hw['cpu_cores']} cores, {hw['torch_threads']} torch threads, no GPU"
+        return f"{hw['gpu_count']}x {hw['gpu']}, {cpu}"
+    return f"{cpu}, {hw['cpu_cores']} cores, {hw['torch_threads']} torch threads, no GPU"
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

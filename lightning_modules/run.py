@@ -24,6 +24,7 @@ from .earlier_runs import resolve_references
 from .loggers import quiet
 from .module import CompressionModule
 from .precision import precision_plugin
+from .profiler import NoProfiler
 from .record import config_hash
 from .recorder import Recorder
 
@@ -86,6 +87,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: CompressionModule) -> 
         callbacks.append(ResumeCheckpoint(run_dir, config_hash(cfg), every.every_n_steps, every.every_minutes))
     # the harness saves last.ckpt itself; Lightning's checkpointing only for a user's ModelCheckpoint
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    if kw.get("profiler") is None:
+        kw["profiler"] = NoProfiler()
     return pl.Trainer(**kw, plugins=[precision_plugin(cfg.precision.name, accelerator)], logger=logger,
                       callbacks=callbacks, enable_checkpointing=checkpointing, default_root_dir=str(run_dir))
 

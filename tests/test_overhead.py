@@ -6,6 +6,7 @@ NVML probe (throughput.nvml_check_off) and the overhead benchmark. Time is asser
 sleeps of known length (lower bounds, relations that hold by construction), never as a speed."""
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -225,3 +226,43 @@ def test_tables_show_step_times_and_training_memory_only_where_records_have_them
         "Step ms (model / loop)", "Train peak mem"]
     assert shown["Step ms (model / loop)"].tolist()[-2:] == ["- / -", "2.50 / 3.25"]
     assert shown["Train peak mem"].tolist()[-2:] == ["-", "812.00 MB (cpu_peak_rss)"]
+
+
+def test_the_harness_trainer_profiles_nothing_unless_a_profiler_is_configured(tmp_path):
+    """Lightning's default PassThroughProfiler builds a generator context per hook call; the
+    harness's NoProfiler returns one shared no-op context; a configured profiler is used as given."""
+    from hydra import compose, initialize_config_dir
+    from pytorch_lightning.profilers import PassThroughProfiler, SimpleProfiler
+
+    from lightning_modules.profiler import NoProfiler
+    from lightning_modules.run import build_trainer
+    from tests.conftest import REPO
+
+    def built(*overrides):
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["model=lenet300", f"results_dir={tmp_path}", *overrides])
+        return build_trainer(cfg, tmp_path, module(torch.nn.Linear(8, 4))).profiler
+
+    default = built()
+    assert isinstance(default, NoProfiler) and isinstance(default, PassThroughProfiler)
+    assert default.profile("training_step") is default.profile("on_train_batch_end")  # nothing per call
+    with default.profile("a"), default.profile("b"):  # reentrant, and a no-op
+        pass
+    assert type(built("+trainer.profiler=simple")) is SimpleProfiler
+
+
+def test_lightnings_per_hook_name_is_stored_plainly_and_other_attributes_as_nn_module_does():
+    m = module(torch.nn.Linear(8, 4))
+    m._current_fx_name = "training_step"  # what Lightning sets around every hook
+    assert m._current_fx_name == "training_step" and "_current_fx_name" in vars(m)
+    m.extra = torch.nn.Parameter(torch.ones(2))  # nn.Module's bookkeeping still applies to the rest
+    m.sub = torch.nn.Linear(2, 2)
+    assert "extra" in dict(m.named_parameters()) and "sub" in dict(m.named_modules())
+    assert "extra" not in vars(m) and "sub" not in vars(m)
+
+
+def test_lightning_still_passes_batch_idx_to_training_step():
+    from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+    m = module(torch.nn.Linear(8, 4))
+    assert is_param_in_hook_signature(m.training_step, "batch_idx", min_args=2)
+    assert list(inspect.signature(m.training_step).parameters) == ["batch", "batch_idx"]

@@ -118,3 +118,17 @@ def test_a_failed_attempt_removes_only_the_files_it_created(tmp_path):
     rec.remove_own_files()
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.pt"]
     assert (run_dir / "model.pt").read_bytes() == b"earlier result"
+
+
+def test_the_hardware_line_names_the_cpus_simd_level_and_reads_older_records_as_before():
+    from lightning_modules.record import cpu_isa, hardware, hardware_line
+    info = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma{}\n\nprocessor\t: 1\n"
+    assert cpu_isa(info.format("")) == "AVX2"
+    assert cpu_isa(info.format(" avx512f avx512bw")) == "AVX-512"
+    assert cpu_isa(info.format(" avx512f avx512_vnni avx512_vpopcntdq")) == "AVX-512 (VNNI, VPOPCNTDQ)"
+    assert cpu_isa("model name\t: ARM\nFeatures\t: neon asimd\n") is None
+    old = {"cpu": "AMD EPYC", "cpu_cores": 2, "torch_threads": 1, "gpu": None, "gpu_count": 0}
+    assert hardware_line(old) == "AMD EPYC, 2 cores, 1 torch threads, no GPU"  # committed tables unchanged
+    assert hardware_line({**old, "cpu_isa": "AVX2"}) == "AMD EPYC with AVX2, 2 cores, 1 torch threads, no GPU"
+    assert hardware_line({**old, "cpu_isa": "AVX2", "gpu": "H200", "gpu_count": 1}) == "1x H200, AMD EPYC with AVX2"
+    assert hardware()["cpu_isa"] == cpu_isa()  # this machine's, from /proc/cpuinfo
