@@ -43,7 +43,7 @@ browser:  ## Debian's chromium + chromium-driver (the report test renders the pa
 	fi
 
 test: install browser  ## run the test suite (CPU; TEST_WORKERS=N processes, default one per core, one torch thread each)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 test-fast: install  ## the tests without the `slow` (processes, browser, Trainer fits) and `gpu` ones
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not gpu"

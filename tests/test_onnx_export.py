@@ -89,14 +89,27 @@ def test_integer_methods_run_on_integer_kernels(name, method, make, shape, tmp_p
     ("dorefa_w8a8", lambda: DoReFa(bits(8, 8)), "do not fit int8")], ids=lambda v: v if isinstance(v, str) else "")
 def test_layers_without_two_integer_grids_stay_fp32(name, method, reason, tmp_path):
     """Weight-only methods have float inputs; 8-bit DoReFa/uniform weights have odd codes in
-    [-255, 255] (no int8): the whole layer stays float (W_q baked in, its act quantizer in float)."""
+    [-255, 255] (no int8): the whole layer stays float (W_q baked in, its act quantizer in float).
+
+    With float activations the logits match to float accumulation error. With an 8-bit activation
+    quantizer in float, a pre-activation that ORT's conv (its own accumulation order and FMA use,
+    which differ between AVX2 and AVX-512 kernels) and torch's put on opposite sides of a rounding
+    tie of round(255 x) moves that activation by one code (1/255) and the logits by a few
+    thousandths: on the AVX2-only CI machine 18 of 512 inputs had such a flip in DoReFa W8A8
+    (none on an AVX-512 one). Such inputs must stay few and their deviation about one code's worth;
+    the rest match to float error."""
     net = trained_like(method().apply(LeNet5()), MNIST)
     info, ref, out = check(net, MNIST, tmp_path)
     assert set(info["layers"].values()) == {"fp32"}
     assert all(reason in r for r in info["reasons"].values()) and info["reasons"].keys() == info["layers"].keys()
     ops = optimized_ops(info["file"])
     assert not ops["ConvInteger"] and not ops["MatMulInteger"]
-    assert agreement(out, ref) >= 0.995 and torch.allclose(out, ref, atol=1e-3)
+    assert agreement(out, ref) >= 0.995
+    if name.endswith("a32"):
+        assert torch.allclose(out, ref, atol=1e-3)
+    else:
+        dev = (out - ref).abs().amax(dim=1)  # per input
+        assert (dev <= 1e-3).float().mean() >= 0.9 and dev.max() <= 0.05
 
 
 def test_integer_accumulator_is_exact(tmp_path):
