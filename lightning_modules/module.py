@@ -44,10 +44,11 @@ class CompressionModule(pl.LightningModule):
         self.hooks = MethodHooks(method)
 
     def __setattr__(self, name: str, value) -> None:
-        # Lightning sets `_current_fx_name` on the module around every hook it calls, ~45 times a
-        # training step; nn.Module.__setattr__ first checks the value against Parameter, Module
-        # and buffer (Parameter's isinstance is a Python-level check): ~2 % of a LeNet-300-100
-        # step at batch 32. A str/None name is never a parameter, module or buffer: stored directly
+        # Lightning sets `_current_fx_name` on the module around every hook it calls, ~46 times a
+        # training step (cProfile); nn.Module.__setattr__ first checks the value against
+        # Parameter, Module and buffer (Parameter's isinstance is a Python-level check): 3.3 us a
+        # call against 0.3 us stored directly (timeit, 2-core EPYC). A str/None name is never a
+        # parameter, module or buffer, so storing it directly changes nothing else
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
